@@ -1,0 +1,49 @@
+"""The one settings object. Nothing else in minyin reads the environment."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MINYIN_", extra="ignore")
+
+    # --- model ---
+    model: str = Field(
+        "whisper-base",
+        description="'whisper-base' (bundled), a local CTranslate2 directory, "
+        "or a faster-whisper model name",
+    )
+    models_dir: Path = REPO_ROOT / "models"
+    device: str = "cpu"  # cpu | cuda | auto
+    compute_type: str = "int8"  # int8 on CPU; float16 / int8_float16 on GPU
+    cpu_threads: int = 0  # 0: all cores
+    batch_size: int = 8
+    beam_size: int = 5
+    language: str = "zh"
+    dialect: str = "mandarin"
+
+    # --- audio ---
+    max_audio_seconds: float = 3600.0
+    max_upload_bytes: int = 100 * 1024 * 1024
+    # denoise only when the measured SNR is below this (dB)
+    denoise_below_snr_db: float = 15.0
+    vad_aggressiveness: int = 2
+    max_window_seconds: float = 30.0
+
+    # --- ticket review ---
+    review_confidence_below: float = 0.45
+
+    # --- embedded sinks / storage (the service issue extends these) ---
+    data_dir: Path = REPO_ROOT / "var"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
