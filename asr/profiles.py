@@ -1,0 +1,77 @@
+"""Dialect profiles: what to tell Whisper and how to map dialect words to standard ones."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+
+class ProfileError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class DialectProfile:
+    name: str
+    label: str = ""
+    language: str = "zh"  # the Whisper language token
+    initial_prompt: str | None = None
+    hotwords: tuple[str, ...] = ()
+    lexicon: dict[str, str] = field(default_factory=dict)  # dialect word -> standard word
+    gazetteer: tuple[str, ...] = ()  # local place names (used by later correction stages)
+
+    @property
+    def hotwords_text(self) -> str | None:
+        return " ".join(self.hotwords) if self.hotwords else None
+
+
+def _builtin_dir() -> Path:
+    return Path(str(resources.files("asr") / "data" / "profiles"))
+
+
+def available_profiles(extra_dir: Path | None = None) -> list[str]:
+    names = {p.stem for p in _builtin_dir().glob("*.yaml")}
+    if extra_dir and extra_dir.is_dir():
+        names |= {p.stem for p in extra_dir.glob("*.yaml")}
+    return sorted(names)
+
+
+def parse_profile(data: dict, *, source: str) -> DialectProfile:
+    if not isinstance(data, dict) or not data.get("name"):
+        raise ProfileError(f"{source}: a profile needs at least a 'name'")
+    lexicon = data.get("lexicon") or {}
+    if not isinstance(lexicon, dict):
+        raise ProfileError(f"{source}: 'lexicon' must map dialect words to standard words")
+    return DialectProfile(
+        name=str(data["name"]),
+        label=str(data.get("label", "")),
+        language=str(data.get("language", "zh")),
+        initial_prompt=data.get("initial_prompt") or None,
+        hotwords=tuple(str(w) for w in data.get("hotwords") or ()),
+        lexicon={str(k): str(v) for k, v in lexicon.items()},
+        gazetteer=tuple(str(w) for w in data.get("gazetteer") or ()),
+    )
+
+
+@lru_cache(maxsize=32)
+def load_profile(name_or_path: str, extra_dir: Path | None = None) -> DialectProfile:
+    """A built-in profile by name, one in ``extra_dir``, or a YAML file by path."""
+    candidates = [Path(name_or_path)]
+    if extra_dir:
+        candidates.append(extra_dir / f"{name_or_path}.yaml")
+    candidates.append(_builtin_dir() / f"{name_or_path}.yaml")
+    for path in candidates:
+        if path.suffix in (".yaml", ".yml") and path.is_file():
+            try:
+                data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except yaml.YAMLError as exc:
+                raise ProfileError(f"{path}: not valid YAML: {exc}") from exc
+            return parse_profile(data, source=str(path))
+    raise ProfileError(
+        f"unknown dialect profile {name_or_path!r}; available: "
+        f"{', '.join(available_profiles(extra_dir))}"
+    )
