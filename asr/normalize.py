@@ -66,8 +66,20 @@ def _spell_to_int(match: re.Match[str]) -> str:
         return word
 
 
+# Whisper writes a phone number read in groups as "139-057-912-34" or "1385 7912 346".
+_GROUPED_DIGITS = re.compile(r"(?<![\d-])\d{2,5}(?:[-\s]\d{2,5}){1,4}(?![\d-])")
+
+
+def _join_phone_groups(match: re.Match[str]) -> str:
+    digits = re.sub(r"[-\s]", "", match.group(0))
+    # Mobile numbers and ID-card numbers are written solid; a landline keeps its "0579-".
+    is_mobile = len(digits) == 11 and digits.startswith("1")
+    return digits if is_mobile or len(digits) == 18 else match.group(0)
+
+
 def normalize_numbers(text: str) -> str:
     text = _DIGIT_RUN.sub(lambda m: m.group(0).translate(_DIGIT_MAP), text)
+    text = _GROUPED_DIGITS.sub(_join_phone_groups, text)
     text = _NUMBER_BEFORE_ADDRESS.sub(_spell_to_int, text)
     return _NUMBER_BEFORE_COUNTED.sub(_spell_to_int, text)
 

@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     denoise_below_snr_db: float = 15.0
     vad_aggressiveness: int = 2
     max_window_seconds: float = 30.0
+    # speech regions closer than this share one Whisper window (fewer, fuller windows)
+    merge_gap_seconds: float = 2.0
 
     # --- ticket review ---
     review_confidence_below: float = 0.45

@@ -111,7 +111,11 @@ class VoicePipeline:
         tracks = decoded.tracks if split else decoded.mono[np.newaxis, :]
         if split:
             roles = roles or {0: "caller", 1: "agent"}
-        vad = VadOptions(aggressiveness=s.vad_aggressiveness, max_window_s=s.max_window_seconds)
+        # In a call each party's turns are separate windows, so that the dialogue can be
+        # interleaved by time; a voice note merges nearby speech into fuller windows.
+        gap = min(s.merge_gap_seconds, 0.8) if split else s.merge_gap_seconds
+        vad = VadOptions(aggressiveness=s.vad_aggressiveness, max_window_s=s.max_window_seconds,
+                         max_gap_s=gap)
         segments: list[Segment] = []
         flags: set[str] = set()
         reports = []
