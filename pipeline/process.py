@@ -7,6 +7,7 @@ thin wrappers around :class:`VoicePipeline`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -22,6 +23,8 @@ from pipeline.audio import DecodedAudio, decode_audio
 from pipeline.config import Settings, get_settings
 from pipeline.denoise import NoiseEstimate, maybe_denoise
 from pipeline.segment import VadOptions, speech_windows
+from pipeline.ticket_schema import Ticket
+from pipeline.tickets import TicketContext, build_ticket
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ class Outcome:
     decoded: DecodedAudio
     channels: list[ChannelReport]
     timings: dict[str, float] = field(default_factory=dict)
+    sha256: str = ""
 
     @property
     def is_call(self) -> bool:
@@ -157,9 +161,42 @@ class VoicePipeline:
         decoded = self.decode(source, name=name)
         t1 = time.perf_counter()
         outcome = self.transcribe(decoded, dialect=dialect, roles=roles)
+        outcome.sha256 = content_sha256(source)
         outcome.timings["decode"] = round(t1 - t0, 4)
         outcome.timings["total"] = round(time.perf_counter() - t0, 4)
         return outcome
+
+
+def content_sha256(source: str | os.PathLike | bytes) -> str:
+    """The audio's identity: the hash of the bytes as received."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return hashlib.sha256(source).hexdigest()
+    digest = hashlib.sha256()
+    with open(source, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def ticket_from_outcome(outcome: Outcome, *, phone: str | None = None,
+                        address: str | None = None, lat: float | None = None,
+                        lon: float | None = None, client_ref: str | None = None,
+                        ticket_id: str | None = None, media_url: str | None = None,
+                        review_confidence_below: float | None = None) -> Ticket:
+    """Build the ticket; a two-party call is a hotline ticket built from the caller's words."""
+    decoded = outcome.decoded
+    caller = next((c.channel for c in outcome.channels if c.role == "caller"), None)
+    context = TicketContext(
+        audio_sha256=outcome.sha256 or hashlib.sha256(decoded.tracks.tobytes()).hexdigest(),
+        source="hotline" if outcome.is_call else "voice_note",
+        phone=phone, client_ref=client_ref, address=address, lat=lat, lon=lon,
+        duration_s=round(decoded.duration, 3), audio_format=decoded.format,
+        codec=decoded.codec, channels=decoded.source_channels,
+        sample_rate=decoded.source_sample_rate, caller_channel=caller, ticket_id=ticket_id,
+        media_url=media_url,
+    )
+    return build_ticket(outcome.transcript, context,
+                        review_confidence_below=review_confidence_below)
 
 
 def dialogue_lines(transcript: Transcript) -> list[str]:

