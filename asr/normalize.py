@@ -52,11 +52,15 @@ _IDIOMS = ("一一", "十分", "万一", "一点点", "十足", "百姓", "千�
            "一五一十")
 
 
+# Neighbouring numerals are an estimate ("凌晨一两点", "三四天"), not a number.
+_APPROXIMATE = re.compile(r"一两|两三|三四|四五|五六|六七|七八|八九")
+
+
 def _spell_to_int(match: re.Match[str]) -> str:
     word = match.group(0)
     start = match.start()
     context = match.string[max(0, start - 2): match.end() + 2]
-    if any(idiom in context for idiom in _IDIOMS):
+    if any(idiom in context for idiom in _IDIOMS) or _APPROXIMATE.search(word):
         return word
     if all(ch in _DIGITS for ch in word) and len(word) >= 2:
         return word.translate(_DIGIT_MAP)
