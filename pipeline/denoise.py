@@ -42,7 +42,7 @@ def estimate_noise(audio: np.ndarray) -> NoiseEstimate:
     )
 
 
-def denoise(audio: np.ndarray, *, strength: float = 0.8) -> np.ndarray:
+def denoise(audio: np.ndarray, *, strength: float = 0.5) -> np.ndarray:
     """Stationary spectral gating (noisereduce): traffic rumble, hum, line hiss."""
     import noisereduce
 
@@ -51,8 +51,9 @@ def denoise(audio: np.ndarray, *, strength: float = 0.8) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
-def maybe_denoise(audio: np.ndarray, below_snr_db: float) -> tuple[np.ndarray, NoiseEstimate, bool]:
+def maybe_denoise(audio: np.ndarray, below_snr_db: float,
+                  strength: float = 0.5) -> tuple[np.ndarray, NoiseEstimate, bool]:
     estimate = estimate_noise(audio)
     if estimate.snr_db < below_snr_db and estimate.noise_dbfs > -70.0:
-        return denoise(audio), estimate, True
+        return denoise(audio, strength=strength), estimate, True
     return audio, estimate, False

@@ -125,7 +125,8 @@ class VoicePipeline:
         reports = []
         for ch, audio in enumerate(tracks):
             t0 = time.perf_counter()
-            audio, noise, denoised = maybe_denoise(audio, s.denoise_below_snr_db)
+            audio, noise, denoised = maybe_denoise(audio, s.denoise_below_snr_db,
+                                                   s.denoise_strength)
             t1 = time.perf_counter()
             windows = speech_windows(audio, vad)
             t2 = time.perf_counter()
