@@ -9,8 +9,11 @@ reviews whatever it is unsure of. Order of work:
 
 1. mask phone and ID-card numbers in every text (spoken digits included),
 2. pick the caller's words (stereo hotline calls: `caller_channel`),
-3. kind, category, urgency (negation-aware), location, summary on those words,
-4. review flags: low confidence, ASR doubts, urgent, no location, uncategorised, ...
+3. kind, category, urgency (negation-aware), location, summary on those words;
+   keywords also match their sound-alikes (没气 for 煤气: Whisper writes homophones),
+   worked out once per text with pypinyin (`SoundIndex`, `sound_hits`),
+4. review flags: low confidence, ASR doubts, urgent, homophone_match, no location,
+   uncategorised, ...
 """
 
 from __future__ import annotations
@@ -19,12 +22,13 @@ import hashlib
 import itertools
 import re
 import secrets
+import unicodedata
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -35,6 +39,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pypinyin import Style, lazy_pinyin
 
 from asr.types import Segment, Transcript
 from pipeline.ticket_schema import (
@@ -175,6 +180,10 @@ class UrgencyRule(_RuleFile):
     all_of: list[list[str]] = Field(default_factory=list, alias="all")
     exclude: list[str] = Field(default_factory=list)
     possible: list[str] = Field(default_factory=list)
+    # what a match that needs a sound-alike (没气 heard for 煤气) does: "urgent" for
+    # hazards that must never be missed (a person checks the `homophone_match` flag),
+    # "possible" (a possible_urgent flag only) or "off"
+    homophones: Literal["urgent", "possible", "off"] = "possible"
 
 
 class UrgencyRules(_RuleFile):
@@ -226,6 +235,37 @@ class SummaryRules(_RuleFile):
     trailing: str
 
 
+class HomophoneRules(_RuleFile):
+    """Sound-alike matching of keywords (see ticket_rules.yaml, `homophones`).
+
+    Off unless a rule file turns it on: its `ignore` list belongs to its keywords."""
+
+    enabled: bool = False
+    min_chars: int = Field(2, ge=2)
+    # fuzzy pinyin: initials replaced whole (zh -> z), finals by their ending (ing -> in)
+    initials: dict[str, str] = Field(default_factory=dict)
+    finals: dict[str, str] = Field(default_factory=dict)
+    kind_weight: float = Field(0.75, ge=0, le=1)
+    category_weight: float = Field(0.75, ge=0, le=1)
+    # a sound-alike that starts with one of these where the term does not (没气 for
+    # 煤气) also reads as a negation; it counts only after a presence cue
+    negation_chars: str = "没不无未别"
+    presence_cue: str = "有|股|闻到"
+    presence_lookback: int = Field(8, ge=1)
+    # an urgency match made of sound-alikes only makes a rule urgent when one of them
+    # has this many characters; shorter ones need a written word beside them
+    alone_from: int = Field(3, ge=2)
+    # a shared particle is no shared character: 烟了 does not sound like 淹了 for that
+    particles: str = ""
+    # a sound-alike without a character of the keyword needs equal toneless pinyin and
+    # a keyword of `loose_from` characters or more, or one listed in `loose`
+    loose_from: int = Field(3, ge=2)
+    loose: list[str] = Field(default_factory=list)
+    # real words: their characters are never read as part of a sound-alike
+    ignore: list[str] = Field(default_factory=list)
+    exact_only: list[str] = Field(default_factory=list)  # terms matched as written only
+
+
 class RulesFile(_RuleFile):
     kinds: KindRules
     urgency: UrgencyRules
@@ -233,6 +273,7 @@ class RulesFile(_RuleFile):
     pii: PiiRules
     review: ReviewRules
     summary: SummaryRules
+    homophones: HomophoneRules = Field(default_factory=HomophoneRules)
 
 
 @dataclass(frozen=True)
@@ -323,6 +364,160 @@ class Gazetteer:
         return tuple(common) or None
 
 
+# --------------------------------------------------------------------------------------
+# Sound-alike matching: Whisper writes 没气 for 煤气, 紧盖 for 井盖, 以保 for 医保
+# --------------------------------------------------------------------------------------
+
+_HAN_ONLY = re.compile(r"[\u4e00-\u9fff]+")
+_CLAUSE_CHARS = re.compile(r"[，,。！？!?；;：:、\s]")
+# zh/ch/sh before z/c/s; syllables without an initial (a, er, ou) keep all as final
+_INITIALS = ("zh", "ch", "sh", *"bpmfdtnlgkhjqxrzcsyw")
+
+
+_TONELESS: dict[str, str] = {}
+
+
+def _toneless(syl: str) -> str:
+    """'lǜ' -> 'lv', 'zháo' -> 'zhao'; '' for anything that is not a pinyin syllable."""
+    out = _TONELESS.get(syl)
+    if out is None:
+        plain = unicodedata.normalize("NFD", syl).replace("u\u0308", "v")
+        plain = "".join(ch for ch in plain if not unicodedata.combining(ch))
+        out = _TONELESS[syl] = plain if plain.isascii() and plain.isalpha() else ""
+    return out
+
+
+def _syllables(text: str) -> list[str]:
+    """Toneless pinyin of each character of `text` ("" where it is not Han).
+
+    pypinyin reads phrases in context (着火 zhao huo, 没气 mei qi), so a heteronym
+    gets the reading its neighbours give it. (Tone marks stripped here: about twice
+    as fast as pypinyin's own toneless style.)
+    """
+
+    def blank(run: str) -> list[str]:
+        return [""] * len(run)
+
+    out = lazy_pinyin(text, style=Style.TONE, errors=blank)
+    if len(out) != len(text):  # never seen; keep positions right whatever happens
+        out = [next(iter(lazy_pinyin(ch, style=Style.TONE, errors=blank)), "") for ch in text]
+    return [_toneless(syl) for syl in out]
+
+
+@dataclass(frozen=True)
+class SoundHit:
+    """A stretch of text that sounds like a keyword but is written differently."""
+
+    start: int
+    end: int
+    heard: str  # what the text says there (没气)
+    # it also reads as a negation (没 + 气味) and no presence cue comes before it:
+    # good for a possible_urgent flag, not for a verdict
+    weak: bool
+
+
+class SoundIndex:
+    """Keywords by the sound of their pinyin; finds their sound-alikes in a text.
+
+    A keyword of at least `min_chars` Han characters (regular expressions and single
+    characters stay exact) matches a same-length stretch of Han text when
+
+    * their fuzzy pinyin is equal (zh/z, in/ing, ... as configured; toneless pinyin
+      is the strictest case) and at least one character other than a particle (了)
+      is the same in the same place (没气 for 煤气, 紧盖 for 井盖, 电频车 for 电瓶车), or
+    * their toneless pinyin is equal and the keyword has `loose_from` characters or
+      more (拉基统 for 垃圾桶) or is listed in `loose` (以保/衣宝 for 医保),
+
+    unless the stretch shares a character with a keyword or an `ignore` word written
+    out in full (烟了 in 冒烟了 is not 淹了, 然气管 in 天然气管道 not 燃气管, 不可 in
+    不可以 not 补课).
+    """
+
+    def __init__(self, terms: Iterable[str], spec: HomophoneRules) -> None:
+        self.spec = spec
+        self._finals = sorted(spec.finals, key=len, reverse=True)
+        self._fuzzy: dict[str, str] = {}
+        self._loose = frozenset(spec.loose)
+        self._presence = re.compile(spec.presence_cue) if spec.presence_cue else None
+        self._by_key: dict[tuple[str, ...], list[tuple[str, tuple[str, ...]]]] = {}
+        skip = set(spec.exact_only)
+        self.terms: tuple[str, ...] = ()
+        self.lengths: tuple[int, ...] = ()
+        self._written: tuple[str, ...] = ()
+        if not spec.enabled:
+            return
+        found = []
+        for term in dict.fromkeys(terms):
+            if term in skip or len(term) < spec.min_chars or not _HAN_ONLY.fullmatch(term):
+                continue
+            syl = tuple(_syllables(term))
+            if all(syl):
+                self._by_key.setdefault(self.key(syl), []).append((term, syl))
+                found.append(term)
+        self.terms = tuple(found)
+        self.lengths = tuple(sorted({len(t) for t in found}))
+        self._written = (*found, *(w for w in spec.ignore if w not in found))
+
+    def fuzzy(self, syl: str) -> str:
+        out = self._fuzzy.get(syl)
+        if out is None:
+            initial = next((i for i in _INITIALS if syl.startswith(i) and syl != i), "")
+            final = syl[len(initial) :]
+            initial = self.spec.initials.get(initial, initial)
+            for end in self._finals:
+                if final.endswith(end):
+                    final = final[: len(final) - len(end)] + self.spec.finals[end]
+                    break
+            out = self._fuzzy[syl] = f"{initial}-{final}"
+        return out
+
+    def key(self, syllables: Sequence[str]) -> tuple[str, ...]:
+        return tuple(self.fuzzy(s) for s in syllables)
+
+    def find(self, text: str) -> dict[str, list[SoundHit]]:
+        """Keyword -> its sound-alikes in `text` (exact occurrences are not in here)."""
+        hits: dict[str, list[SoundHit]] = {}
+        if not self._by_key or not text:
+            return hits
+        syl = _syllables(text)
+        keys = [self.fuzzy(s) if s else "" for s in syl]
+        # 1 where a keyword or an `ignore` word is written out in full
+        written = bytearray(len(text))
+        for term in self._written:
+            at = text.find(term)
+            while at >= 0:
+                written[at : at + len(term)] = b"\x01" * len(term)
+                at = text.find(term, at + 1)
+        negation = self.spec.negation_chars
+        particles = self.spec.particles
+        for length in self.lengths:
+            for i in range(len(text) - length + 1):
+                candidates = self._by_key.get(tuple(keys[i : i + length]))
+                if not candidates:
+                    continue
+                if any(written[i : i + length]):
+                    continue  # a character of a written word belongs to that word
+                heard = text[i : i + length]
+                for term, term_syl in candidates:
+                    if heard == term:
+                        continue
+                    shared = any(
+                        a == b and a not in particles for a, b in zip(heard, term, strict=True)
+                    )
+                    if not shared and (
+                        tuple(syl[i : i + length]) != term_syl
+                        or (length < self.spec.loose_from and term not in self._loose)
+                    ):
+                        continue
+                    weak = False
+                    if heard[0] in negation and term[0] != heard[0]:
+                        before = text[max(0, i - self.spec.presence_lookback) : i]
+                        before = _CLAUSE_CHARS.split(before)[-1]
+                        weak = not (self._presence and self._presence.search(before))
+                    hits.setdefault(term, []).append(SoundHit(i, i + length, heard, weak))
+        return hits
+
+
 @dataclass(frozen=True)
 class _CompiledUrgencyRule:
     spec: UrgencyRule
@@ -351,6 +546,7 @@ class TicketRules:
     filler_clause: re.Pattern[str]
     filler_prefix: re.Pattern[str]
     trailing: re.Pattern[str]
+    sounds: SoundIndex
 
     @property
     def categories(self) -> list[CategoryRule]:
@@ -409,6 +605,18 @@ class TicketRules:
             filler_clause=re.compile(rules.summary.filler_clause),
             filler_prefix=re.compile(rules.summary.filler_prefix),
             trailing=re.compile(rules.summary.trailing),
+            sounds=SoundIndex(
+                itertools.chain(
+                    (t for k in rules.kinds.rules for t in k.terms),
+                    (w for c in taxonomy.categories for w in c.keywords),
+                    *(
+                        itertools.chain(r.any_of, *r.all_of)
+                        for r in rules.urgency.rules
+                        if r.homophones != "off"
+                    ),
+                ),
+                rules.homophones,
+            ),
         )
 
 
@@ -421,6 +629,13 @@ def load_rules(path: str | Path | None = None) -> TicketRules:
     """Rules from a directory holding taxonomy.yaml, ticket_rules.yaml and places.yaml
     (default: the package's own `pipeline/data`). Cached per directory."""
     return _load_rules_cached(str(Path(path).resolve() if path else DATA_DIR))
+
+
+@lru_cache(maxsize=16)
+def sound_hits(text: str, rules: TicketRules) -> dict[str, list[SoundHit]]:
+    """Sound-alikes of every keyword in `text`; worked out once per text and rules
+    (kind, category, urgency and summary all ask for the same caller's words)."""
+    return rules.sounds.find(text)
 
 
 # --------------------------------------------------------------------------------------
@@ -531,28 +746,67 @@ def mask_pii_segments(texts: Sequence[str], rules: TicketRules | None = None) ->
 # --------------------------------------------------------------------------------------
 
 
-def classify_kind(text: str, rules: TicketRules) -> tuple[Kind, float]:
+def _sounds_like(
+    term: str, hits: dict[str, list[SoundHit]], within: tuple[int, int] | None = None
+) -> bool:
+    """Whether a sound-alike of `term` that is good for a verdict lies in the text."""
+    return any(
+        not h.weak and (within is None or (within[0] <= h.start and h.end <= within[1]))
+        for h in hits.get(term, ())
+    )
+
+
+def _kind_of(text: str, rules: TicketRules, hits: dict[str, list[SoundHit]]) -> tuple[Kind, float]:
+    factor = rules.rules.homophones.kind_weight
     best: tuple[Kind, float] | None = None
     for kind, terms in rules.kind_terms:
-        score = sum(weight for pattern, weight in terms if pattern.search(text))
+        score = 0.0
+        for pattern, weight in terms:
+            if pattern.search(text):
+                score += weight
+            elif hits and _sounds_like(pattern.pattern, hits):
+                score += factor * weight
         if score >= rules.rules.kinds.min_score and (best is None or score > best[1]):
             best = (kind, score)
     return best if best else (rules.rules.kinds.default, 0.0)
 
 
-def category_scores(text: str, rules: TicketRules) -> list[tuple[float, CategoryRule]]:
+def classify_kind(text: str, rules: TicketRules, *, homophones: bool = True) -> tuple[Kind, float]:
+    """(kind, score); the default kind with 0 when no kind scores enough. Sound-alikes
+    of the kind words (资讯一下 for 咨询一下) count `kind_weight` of their weight."""
+    return _kind_of(text, rules, sound_hits(text, rules) if homophones else {})
+
+
+def _category_scores(
+    text: str, rules: TicketRules, hits: dict[str, list[SoundHit]]
+) -> list[tuple[float, CategoryRule]]:
+    factor = rules.rules.homophones.category_weight
     scored = []
     for cat in rules.categories:
-        score = sum(w for word, w in cat.keywords.items() if word in text)
+        score = 0.0
+        for word, weight in cat.keywords.items():
+            if word in text:
+                score += weight
+            elif hits and _sounds_like(word, hits):
+                score += factor * weight
         if score:
             scored.append((score, cat))
     scored.sort(key=lambda pair: -pair[0])  # stable: ties keep file order
     return scored
 
 
-def classify_category(text: str, rules: TicketRules) -> tuple[CategoryRule, bool]:
+def category_scores(
+    text: str, rules: TicketRules, *, homophones: bool = True
+) -> list[tuple[float, CategoryRule]]:
+    """(score, category) best first, for every category with a keyword in `text`."""
+    return _category_scores(text, rules, sound_hits(text, rules) if homophones else {})
+
+
+def classify_category(
+    text: str, rules: TicketRules, *, homophones: bool = True
+) -> tuple[CategoryRule, bool]:
     """(category, categorised?) - the fallback category when nothing scores enough."""
-    scored = category_scores(text, rules)
+    scored = category_scores(text, rules, homophones=homophones)
     if scored and scored[0][0] >= rules.taxonomy.min_score:
         return scored[0][1], True
     return rules.category(rules.taxonomy.fallback), False
@@ -571,6 +825,8 @@ class UrgencyFinding:
     kind: Kind | None
     category: str | None
     spans: list[tuple[int, int]]  # where the firing terms are, for the summary
+    # rules that fired, or became possible, only thanks to a sound-alike
+    by_sound: list[str] = field(default_factory=list)
 
 
 def _sentences(text: str) -> list[tuple[int, str]]:
@@ -601,64 +857,143 @@ def _occurrences(
     return found
 
 
-def _negated_scopes(
+Span = tuple[int, int]
+
+
+def _match_rule(
     rule: _CompiledUrgencyRule,
     sentence: str,
-    excluded: Sequence[tuple[int, int]],
+    excluded: Sequence[Span],
     rules: TicketRules,
-) -> list[tuple[int, int]]:
-    """Stretches a negation covers: from a negated term to the end of its clause.
+    extra: Sequence[list[Span]] | None = None,
+) -> tuple[bool, bool, list[Span]]:
+    """(fired, maybe, firing spans) of one rule in one sentence.
 
-    "没有闻到煤气味" negates 煤气 directly, and 味 with it; "天然气管道没有泄漏"
-    negates 泄漏 and the 漏 inside it. The next clause is not covered.
+    `extra`: more occurrences (sound-alikes) for the `any` group and each `all` group.
+
+    Negation: an occurrence right after a cue ("没有闻到煤气味") covers the rest of its
+    clause, and 味 with it; "天然气管道没有泄漏" negates 泄漏 and the 漏 inside it.
+    The next clause is not covered.
     """
-    patterns = [*rule.any_of, *itertools.chain.from_iterable(rule.all_of)]
+    occ = [_occurrences(p, sentence, excluded) for p in (rule.any_of, *rule.all_of)]
+    if extra:
+        occ = [found + more for found, more in zip(occ, extra, strict=True)]
     scopes = []
-    for start, _ in _occurrences(patterns, sentence, excluded):
+    for start, _ in itertools.chain.from_iterable(occ):
         if _is_negated(sentence, start, rules):
             m = _CLAUSE_END.search(sentence, start)
             scopes.append((start, m.start() if m else len(sentence)))
-    return scopes
+
+    def live(found: list[Span]) -> list[Span]:
+        return [o for o in found if not any(s <= o[0] < e for s, e in scopes)]
+
+    fired = maybe = False
+    spans: list[Span] = []
+    if live(occ[0]):
+        fired = True
+        spans.extend(live(occ[0]))
+    elif occ[0]:
+        maybe = True
+    groups = occ[1:]
+    if groups and all(groups):
+        combo = _within([live(g) for g in groups], rules.rules.urgency.window)
+        if combo:
+            fired = True
+            spans.extend(combo)
+        elif _within(groups, rules.rules.urgency.window):
+            maybe = True
+    return fired, maybe, spans
 
 
-def assess_urgency(text: str, rules: TicketRules) -> UrgencyFinding:
-    window = rules.rules.urgency.window
+def assess_urgency(text: str, rules: TicketRules, *, homophones: bool = True) -> UrgencyFinding:
+    """Which urgency rules fire on `text` (see ticket_rules.yaml, `urgency`).
+
+    A rule that fires only when sound-alikes count (没气泄露 for 煤气泄露) is urgent when
+    its `homophones` is "urgent" and possible otherwise; it is named in `by_sound` and
+    its reason says what was heard for what. It is possible at most when the match is
+    nothing but sound-alikes shorter than `alone_from` characters (找火 alone for
+    着火), or when a sound-alike also reads as a negation and no presence cue comes
+    before it (但是没气味).
+    """
     finding = UrgencyFinding(rules=[], reasons=[], possible=[], kind=None, category=None, spans=[])
+    hits = sound_hits(text, rules) if homophones else {}
+    alone_from = rules.rules.homophones.alone_from
     for rule in rules.urgency_rules:
-        fired, maybe = False, False
+        fired = maybe = sound_fired = sound_maybe = False
+        sound_spans: list[Span] = []
+        heard: dict[str, str] = {}  # heard -> keyword
+        mode = rule.spec.homophones
+        rule_hits = [
+            [(h, p.pattern) for p in group for h in hits.get(p.pattern, ())]
+            for group in (rule.any_of, *rule.all_of)
+        ]
+        has_hits = mode != "off" and any(rule_hits)
         for offset, sentence in _sentences(text):
             excluded = [m.span() for p in rule.exclude for m in p.finditer(sentence)]
-            scopes = _negated_scopes(rule, sentence, excluded, rules)
-
-            def live(
-                occ: list[tuple[int, int]], scopes: list[tuple[int, int]] = scopes
-            ) -> list[tuple[int, int]]:
-                return [o for o in occ if not any(s <= o[0] < e for s, e in scopes)]
-
-            any_occ = _occurrences(rule.any_of, sentence, excluded)
-            if live(any_occ):
+            ok, written_maybe, spans = _match_rule(rule, sentence, excluded, rules)
+            if ok:
                 fired = True
-                finding.spans.extend((offset + s, offset + e) for s, e in live(any_occ))
-            elif any_occ:
+                finding.spans.extend((offset + s, offset + e) for s, e in spans)
+            elif written_maybe or _occurrences(rule.possible, sentence, excluded):
                 maybe = True
-            if rule.all_of:
-                groups = [_occurrences(g, sentence, excluded) for g in rule.all_of]
-                if all(groups):
-                    combo = _within([live(g) for g in groups], window)
-                    if combo:
-                        fired = True
-                        finding.spans.extend((offset + s, offset + e) for s, e in combo)
-                    elif _within(groups, window):
-                        maybe = True
-            if _occurrences(rule.possible, sentence, excluded):
-                maybe = True
-        if fired:
+            if ok or fired or not has_hits:
+                continue
+            end = offset + len(sentence)
+            strong: list[list[Span]] = []
+            weak: list[list[Span]] = []
+            said: dict[Span, tuple[str, str]] = {}
+            for group in rule_hits:
+                strong.append([])
+                weak.append([])
+                for h, term in group:
+                    span = (h.start - offset, h.end - offset)
+                    if (
+                        h.start < offset
+                        or h.end > end
+                        or any(span[0] < e and span[1] > s for s, e in excluded)
+                    ):
+                        continue
+                    (weak if h.weak else strong)[-1].append(span)
+                    said[span] = (h.heard, term)
+            if not any(strong) and not any(weak):
+                continue
+            ok, mb, spans = _match_rule(rule, sentence, excluded, rules, strong)
+            if ok:
+                heard.update(said[s] for s in spans if s in said)
+                # a short sound-alike alone (大人 for 打人, 电视 for 电死) is a lead for a
+                # person; with a written word beside it (没气 + 泄露) it is a finding
+                if any(s not in said or s[1] - s[0] >= alone_from for s in spans):
+                    sound_fired = True
+                    sound_spans.extend((offset + s, offset + e) for s, e in spans)
+                else:
+                    sound_maybe = True
+                continue
+            if any(weak):  # 没气 that may be 没 + 气(味): never more than possible
+                both = [a + b for a, b in zip(strong, weak, strict=True)]
+                ok, weak_maybe, spans = _match_rule(rule, sentence, excluded, rules, both)
+                mb = mb or ok or weak_maybe
+            # negated, or too far apart, or weak: as with written words, a person looks
+            if mb and not written_maybe:
+                sound_maybe = True
+                # a negated sound-alike has no firing span: name all heard here
+                heard.update([said[s] for s in spans if s in said] or said.values())
+        note = "、".join(f"{h}≈{t}" for h, t in heard.items())
+        reason = f"{rule.spec.reason}［读音近似：{note}］" if note else rule.spec.reason
+        if fired or (sound_fired and mode == "urgent"):
             finding.rules.append(rule.spec.name)
-            finding.reasons.append(rule.spec.reason)
+            if fired:
+                finding.reasons.append(rule.spec.reason)
+            else:
+                finding.reasons.append(reason)
+                finding.by_sound.append(rule.spec.name)
+                finding.spans.extend(sound_spans)
             if rule.spec.kind and finding.kind is None:
                 finding.kind = rule.spec.kind
             if rule.spec.category and finding.category is None:
                 finding.category = rule.spec.category
+        elif sound_fired or (sound_maybe and not maybe):
+            finding.possible.append(reason)
+            finding.by_sound.append(rule.spec.name)
         elif maybe:
             finding.possible.append(rule.spec.reason)
     return finding
@@ -882,9 +1217,15 @@ def summarise(
     def overlaps(spans: Sequence[tuple[int, int]], s: int, e: int) -> int:
         return sum(1 for a, b in spans if a < e and b > s)
 
+    hits = sound_hits(text, rules) if keywords else {}
+    factor = rules.rules.homophones.category_weight
+
     def score(idx: int) -> tuple[float, int]:
         s, e, body = clauses[idx]
-        value = sum(w for word, w in keywords.items() if word in body)
+        value = sum(
+            w if word in body else factor * w if _sounds_like(word, hits, (s, e)) else 0
+            for word, w in keywords.items()
+        )
         # for 表扬/建议/咨询/举报 the clause that says so is the point; "我要投诉" is not
         value += 1.5 * sum(w for pattern, w in kind_terms if pattern.search(body))
         value += 3 * overlaps(key_spans, s, e)
@@ -1020,6 +1361,8 @@ def build_ticket(
         _content_clauses(caller_text, rules)
     )
     urgency_found = assess_urgency(caller_text, rules)
+    # a sound-alike that decides urgency, kind or category is for a person to confirm
+    by_sound = bool(urgency_found.by_sound)
     if other_text:
         # the call taker's words never make a ticket urgent, but a hazard they named
         # ("是不是闻到煤气味?" - "对") must reach a person
@@ -1027,8 +1370,10 @@ def build_ticket(
         for reason in heard.reasons + heard.possible:
             if reason not in urgency_found.reasons and reason not in urgency_found.possible:
                 urgency_found.possible.append(reason)
+        by_sound |= bool(heard.by_sound)
 
     kind, kind_score = classify_kind(caller_text, rules)
+    by_sound |= kind != classify_kind(caller_text, rules, homophones=False)[0]
     if kind_score == 0 and urgency_found.kind:
         kind = urgency_found.kind
     category, categorised = classify_category(caller_text, rules)
@@ -1037,6 +1382,9 @@ def build_ticket(
         category, categorised = rules.category(urgency_found.category), True
     elif urgency_found.rules and not categorised and rules.taxonomy.urgent_fallback:
         category, categorised = rules.category(rules.taxonomy.urgent_fallback), True
+    elif not urgency_found.category:
+        written, written_ok = classify_category(caller_text, rules, homophones=False)
+        by_sound |= (category.code, categorised) != (written.code, written_ok)
     location, location_flags, spoken = parse_location(caller_text, context, rules)
 
     urgent = bool(urgency_found.rules)
@@ -1067,6 +1415,8 @@ def build_ticket(
         flags.append("urgent")
     if urgency_found.possible:
         flags.append("possible_urgent")
+    if by_sound:
+        flags.append("homophone_match")
     doubtful = [i for i in mine if segments[i].confidence < review_confidence_below]
     if doubtful:
         flags.append("low_confidence")

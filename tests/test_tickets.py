@@ -10,6 +10,7 @@ import hashlib
 import json
 import re
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,12 +19,15 @@ from pydantic import ValidationError
 from asr.types import Segment, Transcript
 from pipeline.ticket_schema import SCHEMA_PATH, Ticket, mask_number, write_json_schema
 from pipeline.tickets import (
+    SoundIndex,
     TicketContext,
+    TicketRules,
     assess_urgency,
     build_ticket,
     load_rules,
     mask_pii,
     mask_pii_segments,
+    sound_hits,
 )
 
 SHA = hashlib.sha256(b"voice note").hexdigest()
@@ -309,6 +313,277 @@ def test_urgency_reasons_are_human_and_named() -> None:
     finding = assess_urgency("厨房里煤气漏了，门口消防通道还被堵了", load_rules())
     assert finding.rules[:1] == ["gas_leak"] and "fire_exit_blocked" in finding.rules
     assert all("\u4e00" <= r[0] <= "\u9fff" for r in finding.reasons)
+
+
+# --------------------------------------------------------------------------------------
+# Homophones: what Whisper base really wrote for our sample voice notes
+# --------------------------------------------------------------------------------------
+
+# (Whisper's text, kind, category, urgent rules, homophone_match expected)
+WHISPER_CASES: list[tuple[str, str, str, set[str], bool]] = [
+    # spoken 我担心是煤气泄漏 / 有很大一股煤气味: the gas leak must not be missed
+    ("我担心是没气泄露，麻烦赶紧派人过来看看。", "投诉", "safety.gas", {"gas_leak"}, True),
+    (
+        "仙华街道江南花园小区的楼道里，有很大衣骨没气味，已经闻了半个多小时了。",
+        "投诉",
+        "safety.gas",
+        {"gas_leak"},
+        True,
+    ),
+    # the whole voice note as Whisper base wrote it (samples/README.md, 02, t2s)
+    (
+        "你好，我要紧急反应一个情况。先划街道将南华岩小区五号罗二单元的楼道里，有很大衣谷"
+        "没气味，已经闻了半个多小时了。我担心是没气泄了，麻烦赶紧派人过来看看，我电话是"
+        "13905791234。",
+        "投诉",
+        "safety.gas",
+        {"gas_leak"},
+        True,
+    ),
+    # spoken 有个井盖不见了，路中间一个大洞，很危险
+    ("有个紧盖不见了，很微信", "投诉", "road.facilities", {"manhole_open"}, True),
+    (
+        "你好，普阳街道通江路菜市场门口有个景盖不见了，很危险。还没有，但是晚上路灯暗，"
+        "旗电评车的很容易掉下去。好的，谢谢。",
+        "投诉",
+        "road.facilities",
+        {"manhole_open"},
+        True,
+    ),
+    # 消防通道被好多电瓶车堵住了: urgent as written already (消防通道 + 堵)
+    (
+        "我们楼的消防通道对好多电频车堵住了，物业也不管。",
+        "投诉",
+        "safety.fire",
+        {"fire_exit_blocked"},
+        False,
+    ),
+    # 垃圾桶, 环卫: the category comes from the sound-alike
+    ("村口那几个拉基统已经五天没人来收了，臭得不得了", "投诉", "city.sanitation", set(), True),
+    ("麻烦你们联系一下环位，早点来收一下", "投诉", "city.sanitation", set(), True),
+    # 噪音 (with 吵/睡不着 written the category is noise.social either way)
+    ("隔壁的造音太大了，吵得睡不着", "投诉", "noise.social", set(), False),
+    # 咨询一下医保: kind and category both from sound-alikes
+    ("我想资讯一下以保的问题", "咨询", "health.medical", set(), True),
+]
+
+
+@pytest.mark.parametrize(("text", "kind", "code", "urgent_rules", "flagged"), WHISPER_CASES)
+def test_whisper_homophones(
+    text: str, kind: str, code: str, urgent_rules: set[str], flagged: bool
+) -> None:
+    ticket = build(text)
+    assert ticket.kind == kind
+    assert ticket.category.code == code
+    assert set(ticket.urgency.rules) == urgent_rules
+    assert ticket.urgency.level == ("urgent" if urgent_rules else "normal")
+    assert ("homophone_match" in ticket.review.flags) is flagged
+    assert "uncategorised" not in ticket.review.flags
+
+
+def test_homophone_urgency_says_what_was_heard() -> None:
+    finding = assess_urgency("我担心是没气泄露", load_rules())
+    assert finding.rules == ["gas_leak"] and finding.by_sound == ["gas_leak"]
+    assert "没气≈煤气" in finding.reasons[0]
+    assert finding.category == "safety.gas"
+    ticket = build("有个紧盖不见了，很微信")
+    assert "紧盖≈井盖" in ticket.urgency.reasons[0]
+    assert {"urgent", "homophone_match"} <= set(ticket.review.flags)
+    assert ticket.summary.startswith("【紧急·道路与井盖设施】")
+    # written words alone: no homophone flag, reasons as before
+    written = build("有个井盖不见了，很危险")
+    assert "homophone_match" not in written.review.flags
+    assert written.urgency.reasons == ["井盖缺失或破损（有人车坠落危险）"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "有的还在楼道里冲电，万一找火人都跑不出去",  # 着火 as 找火, nothing written beside it
+        "楼道里找火了，好大的烟",
+    ],
+)
+def test_lone_short_homophone_is_possible_not_urgent(text: str) -> None:
+    # a two-character sound-alike alone is a lead (大人 would be 打人, 电视 电死):
+    # a person sees it, dispatch does not
+    ticket = build(text)
+    assert ticket.urgency.level == "normal"
+    assert any("找火≈着火" in p for p in ticket.urgency.possible)
+    assert {"possible_urgent", "homophone_match"} <= set(ticket.review.flags)
+
+
+@pytest.mark.parametrize(
+    ("text", "code", "kind"),
+    [
+        # 红绿灯坏了: hong bi dou kuai vs hong lv deng huai, nothing to match on
+        ("路口的红币都快了，一直在闪黄灯", "other", "投诉"),
+        # 救护车: gu is not hu (g/h is not a confusion we merge)
+        ("麻烦快叫一辆救骨车", "other", "投诉"),
+        # 咨询一下医保: 衣宝 is yi bao = 医保, but 资许 is zi xu, not zi xun
+        ("你好，我想资许一下衣宝的问题", "health.medical", "投诉"),
+    ],
+)
+def test_homophones_not_caught(text: str, code: str, kind: str) -> None:
+    """What sound matching cannot recover; the ticket still reaches a person."""
+    ticket = build(text)
+    assert (ticket.category.code, ticket.kind) == (code, kind)
+    assert ticket.review.needed
+    if code == "other":
+        assert "uncategorised" in ticket.review.flags
+
+
+# Realistic complaints, correctly written, full of words that sound like trigger words.
+HOMOPHONE_NEGATIVES = [
+    "虽然气味不大，但是垃圾站一直没人清运，苍蝇很多。",  # 然气 ~ 燃气
+    "我的电瓶车轮胎没气了，修车铺说要换内胎，想问问哪里能修。",  # 没气 ~ 煤气
+    "篮球场的篮球都没气了，也没人管。",
+    "楼上天天看电视声音很大，吵得我们睡不着。",  # 电视 ~ 电死
+    "声音很大人都睡不着，晚上十一点还在唱歌。",  # 大人 ~ 打人
+    "大人小孩都被吵得睡不着觉。",
+    "快递员拿到钱就走了，东西到现在也没送到。",  # 拿到 ~ 拿刀
+    "大伙都说这个路口要装红绿灯。",  # 大伙 ~ 大火
+    "小区进口那里的地砖掉了好几块，也没人修。",  # 进口 ~ 井口, 掉
+    "他家的井水现在不能喝了，有股怪味。",  # 井水 ~ 进水
+    "路灯的电线老化了，你们来的时候带点工具。",  # 带点 ~ 带电
+    "厨房的烟囱冒起烟来呛得很，是楼下饭店的油烟。",  # 冒起 ~ 冒气
+    "我们楼电梯又坏了，老人上下楼很不方便。",  # 楼电 ~ 漏电
+    "楼道里全是烟了，有人在里面抽烟。",  # 烟了 ~ 淹了 (了 alone is no shared character)
+    "小区管得太严了，进出都要登记。",  # 严了 ~ 淹了
+    "我们这边一直没起色，路修了半年还没修好。",
+    "每期的物业费都在涨，服务一点没改善。",  # 每期 ~ 煤气
+    "美其名曰免费体检，其实是推销保健品，我要举报。",
+    "从一楼到五楼的楼梯灯都不亮。",  # 楼到 ~ 楼道
+    "他们在河边找伙伴钓鱼，留下很多垃圾。",  # 找伙 ~ 着火
+    "早点先修一下吧，天天这样不是办法。",  # 点先 ~ 电线
+    "我想问一下不可以在小区里遛狗吗？",  # 不可 ~ 补课
+    "影响我们休息，能不能管一管。",  # 影响 ~ 音响
+    "买了一包烟，小卖部多收了我五块钱。",  # 一包 ~ 医保
+    "郑家坞镇那个村里的猪场臭得要命，污水直接排到溪里",  # 水直 ~ 水质
+]
+
+
+@pytest.mark.parametrize("text", HOMOPHONE_NEGATIVES)
+def test_homophones_do_not_make_urgent(text: str) -> None:
+    ticket = build(text)
+    assert ticket.urgency.level == "normal", ticket.urgency
+    assert not any("读音近似" in p for p in ticket.urgency.possible), ticket.urgency
+    assert "homophone_match" not in ticket.review.flags
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "自来水有点黄，但是没气味，烧开了也没有沉淀。",
+        "车胎没气了，是被人扎漏的，小区门口全是钉子。",
+        "家里没气味了，谢谢你们来修",
+    ],
+)
+def test_negation_shaped_homophone_is_only_possible(text: str) -> None:
+    # 没气味 is 煤气味 or 没 + 气味: without 有/一股/闻到/担心 before it we cannot
+    # tell, and a gas leak is the worst miss: a person looks, nobody is dispatched
+    ticket = build(text)
+    assert ticket.urgency.level == "normal"
+    assert any("没气≈煤气" in p for p in ticket.urgency.possible)
+    assert {"possible_urgent", "homophone_match"} <= set(ticket.review.flags)
+
+
+def test_negated_homophone_is_possible_like_a_negated_word() -> None:
+    # "井盖没有丢" is a possible_urgent; what Whisper writes for it is the same
+    ticket = build("我去看了，那个紧盖没有丢，就是有点松")
+    assert ticket.urgency.level == "normal"
+    assert ticket.urgency.possible == ["井盖缺失或破损（有人车坠落危险）［读音近似：紧盖≈井盖］"]
+    assert {"possible_urgent", "homophone_match"} <= set(ticket.review.flags)
+
+
+def _rules_without_homophones() -> TicketRules:
+    rules = load_rules()
+    spec = rules.rules.homophones.model_copy(update={"enabled": False})
+    plain = rules.rules.model_copy(update={"homophones": spec})
+    return TicketRules.compile(rules.taxonomy, plain, rules.gazetteer)
+
+
+def test_homophones_change_nothing_on_written_text() -> None:
+    """Every correctly written sentence of this file (and the sample references) gets
+    the same kind, category and urgency with sound matching as without it."""
+    plain = _rules_without_homophones()
+    refs = [
+        json.loads(line)["text"]
+        for line in (Path(__file__).parent.parent / "samples" / "manifest.jsonl")
+        .read_text(encoding="utf-8")
+        .splitlines()
+        if line.strip()
+    ]
+    texts = [c[0] for c in CASES] + refs + HOMOPHONE_NEGATIVES
+    for text in texts:
+        tickets = [
+            build_ticket(
+                transcript(text), context(), rules, review_confidence_below=THRESHOLD, now=NOW
+            )
+            for rules in (load_rules(), plain)
+        ]
+        a, b = (
+            (t.kind, t.category.code, t.urgency.level, t.urgency.rules, t.urgency.possible)
+            for t in tickets
+        )
+        assert a == b, text
+
+
+def test_sound_index_rules() -> None:
+    rules = load_rules()
+    spec = rules.rules.homophones
+
+    def heard(terms: list[str], text: str, **changes: Any) -> dict[str, list[str]]:
+        index = SoundIndex(terms, spec.model_copy(update=changes))
+        return {t: [h.heard for h in hs] for t, hs in index.find(text).items()}
+
+    # equal toneless pinyin with a shared character
+    assert heard(["噪音"], "造音太大") == {"噪音": ["造音"]}
+    # fuzzy in/ing needs a shared character: 紧盖 yes, 今改 (jin gai) no
+    assert heard(["井盖"], "紧盖丢了") == {"井盖": ["紧盖"]}
+    assert heard(["井盖"], "今改好了") == {}
+    assert heard(["井盖"], "紧盖丢了", finals={}) == {}  # without the in/ing pair
+    # no shared character: only for long keywords or those listed in `loose`
+    assert heard(["垃圾桶"], "拉基统") == {"垃圾桶": ["拉基统"]}
+    assert heard(["医保"], "衣宝") == {"医保": ["衣宝"]}
+    assert heard(["医保"], "衣宝", loose=[]) == {}
+    assert heard(["医保"], "以保", loose=[]) == {"医保": ["以保"]}  # 保 is shared
+    # written keywords and `ignore` words keep their characters
+    assert heard(["淹了", "冒烟"], "冒烟了") == {}
+    assert heard(["可疑"], "可以") == {}
+    assert heard(["可疑"], "可以", ignore=[]) == {"可疑": ["可以"]}
+    # single characters and regexes stay exact; so do `exact_only` terms
+    assert heard(["漏", "掉(?:进|到)河"], "楼") == {}
+    assert heard(["带电"], "带点") == {}
+    assert heard(["带电"], "带点", exact_only=[]) == {"带电": ["带点"]}
+    # 没气 reads as a negation too: weak unless a presence cue comes before it
+    index = SoundIndex(["煤气"], spec)
+    assert [h.weak for h in index.find("但是没气味")["煤气"]] == [True]
+    assert [h.weak for h in index.find("有很大一股没气味")["煤气"]] == [False]
+    assert [h.weak for h in index.find("我担心是没气泄露")["煤气"]] == [False]
+    assert SoundIndex(["煤气"], spec.model_copy(update={"enabled": False})).find("没气") == {}
+
+
+def test_sound_index_built_once_and_hits_cached() -> None:
+    rules = load_rules()
+    assert load_rules().sounds is rules.sounds
+    assert "煤气" in rules.sounds.terms and "漏" not in rules.sounds.terms
+    text = "我担心是没气泄露"
+    assert sound_hits(text, rules) is sound_hits(text, rules)
+
+
+def test_homophones_keep_tickets_fast() -> None:
+    import time
+
+    base = (
+        "你好，我要紧急反映一个情况，仙华街道江南花园小区五号楼二单元的楼道里，有很大衣骨"
+        "没气味，已经闻了半个多小时了，我担心是没气泄露，麻烦赶紧派人过来看看，谢谢你们。"
+    )
+    build(base)  # rules loaded, pypinyin warmed up
+    start = time.perf_counter()
+    for i in range(20):  # a new text each time: nothing comes from a cache
+        build(f"{base}{i}")
+    per_ticket = (time.perf_counter() - start) / 20
+    assert per_ticket < 0.05, per_ticket
 
 
 # --------------------------------------------------------------------------------------
