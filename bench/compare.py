@@ -31,10 +31,9 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.audio import decode_audio  # noqa: E402
-
 from asr.normalize import scoring_form  # noqa: E402
 from bench.audiogen import layout_recording, mix_at_snr, phone_band, street_noise  # noqa: E402
+from pipeline.audio import decode_audio  # noqa: E402
 from pipeline.config import Settings  # noqa: E402
 from pipeline.evaluate import char_errors, load_manifest  # noqa: E402
 from pipeline.process import VoicePipeline  # noqa: E402
@@ -190,11 +189,17 @@ def main() -> None:
     parser.add_argument("--sets", default="shared,samples,long")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--compute-type", default=None, help="minyin's (default: settings)")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--skip-plain", action="store_true",
+                        help="exploration only: no ratio without plain in the same run")
     args = parser.parse_args()
 
     from faster_whisper import WhisperModel
 
-    settings = Settings(cpu_threads=args.threads)
+    overrides = {k: v for k, v in (("compute_type", args.compute_type),
+                                   ("batch_size", args.batch_size)) if v is not None}
+    settings = Settings(cpu_threads=args.threads, **overrides)
     pipe = VoicePipeline(settings)
     rss0 = psutil.Process().memory_info().rss
     pipe.transcriber  # noqa: B018 - load before timing
@@ -218,13 +223,15 @@ def main() -> None:
 
     # warm both up on one clip so neither pays first-call costs in the timing
     warm = (shared or samples)[:1]
-    run_plain(plain, warm)
+    if not args.skip_plain:
+        run_plain(plain, warm)
     run_minyin(pipe, warm)
 
     rows = []
     for name, clips in sets.items():
         audio_s = sum(c.audio_s for c in clips)
-        p = run_plain(plain, clips)
+        p = SystemRun(seconds=1e-9, chars=1, texts=[""] * len(clips)) if args.skip_plain \
+            else run_plain(plain, clips)
         m = run_minyin(pipe, clips)
         row = {
             "set": name, "clips": len(clips), "audio_s": round(audio_s, 1),

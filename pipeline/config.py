@@ -22,9 +22,13 @@ class Settings(BaseSettings):
     )
     models_dir: Path = REPO_ROOT / "models"
     device: str = "cpu"  # cpu | cuda | auto
-    compute_type: str = "int8"  # int8 on CPU; float16 / int8_float16 on GPU
+    # float32 on CPU: measured (bench/compare.py --compute-type int8) int8 is ~20% faster
+    # but costs 1.6-2 CER points on Whisper base; float16 or int8_float16 on a GPU.
+    compute_type: str = "float32"
     cpu_threads: int = 0  # 0: all cores
-    batch_size: int = 8
+    # windows decoded together; 4 on CPU keeps the encoder's attention buffers ~300 MB
+    # smaller than 8 at the same speed; raise it on a GPU
+    batch_size: int = 4
     beam_size: int = 5
     language: str = "zh"
     dialect: str = "mandarin"
@@ -40,7 +44,7 @@ class Settings(BaseSettings):
     denoise_strength: float = 0.5
     vad_aggressiveness: int = 2
     max_window_seconds: float = 30.0
-    # speech regions closer than this share one Whisper window (fewer, fuller windows)
+    # speech regions closer than this may share one Whisper window (pauses left out)
     merge_gap_seconds: float = 2.0
 
     # --- ticket review ---

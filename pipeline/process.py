@@ -132,7 +132,7 @@ class VoicePipeline:
             t2 = time.perf_counter()
             role = roles.get(ch) if split and roles else None
             for result in self.transcriber.transcribe(
-                    audio, [(w.start, w.end) for w in windows], channel=ch,
+                    audio, [w.spans() for w in windows], channel=ch,
                     speaker=role, profile=profile):
                 segments.extend(result.segments)
                 flags.update(result.flags)
@@ -140,7 +140,7 @@ class VoicePipeline:
             for key, value in (("denoise", t1 - t0), ("vad", t2 - t1), ("asr", t3 - t2)):
                 timings[key] = round(timings.get(key, 0.0) + value, 4)
             reports.append(ChannelReport(ch, role, noise, denoised,
-                                         round(sum(w.end - w.start for w in windows), 2),
+                                         round(sum(w.speech_s for w in windows), 2),
                                          len(windows)))
             if denoised:
                 flags.add("denoised")

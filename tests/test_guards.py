@@ -69,12 +69,13 @@ class ScriptedTranscriber(Transcriber):
         return Segment(start, end, text, compression_ratio=guards.compression_ratio(text),
                        **kwargs)
 
-    def _batched(self, audio, windows, opts):
-        return [[self._seg(self.batched_text, s, e)] for s, e in windows]
+    def _batched(self, clips, opts):
+        return [[self._seg(self.batched_text, 0.0, len(c) / 16000)] for c in clips]
 
-    def _sequential(self, audio, start, end, opts):
+    def _sequential(self, clip, opts):
         self.retries += 1
-        return [self._seg(self.sequential_text, start, end)] if self.sequential_text else []
+        end = len(clip) / 16000
+        return [self._seg(self.sequential_text, 0.0, end)] if self.sequential_text else []
 
 
 AUDIO = np.zeros(16000 * 10, dtype=np.float32)
@@ -82,7 +83,7 @@ AUDIO = np.zeros(16000 * 10, dtype=np.float32)
 
 def test_loop_is_retried_and_retry_wins():
     tr = ScriptedTranscriber("路灯坏了" * 10, "路灯坏了一个星期")
-    (result,) = tr.transcribe(AUDIO, [(0.0, 8.0)])
+    (result,) = tr.transcribe(AUDIO, [[(0.0, 8.0)]])
     assert tr.retries == 1
     assert [s.text for s in result.segments] == ["路灯坏了一个星期。"]
     assert "retried" in result.flags
@@ -90,7 +91,7 @@ def test_loop_is_retried_and_retry_wins():
 
 def test_loop_that_survives_retry_is_trimmed_and_flagged():
     tr = ScriptedTranscriber("路灯坏了" * 10, "路灯坏了" * 9)
-    (result,) = tr.transcribe(AUDIO, [(0.0, 8.0)])
+    (result,) = tr.transcribe(AUDIO, [[(0.0, 8.0)]])
     assert [s.text for s in result.segments] == ["路灯坏了。"]
     assert "repetition_trimmed" in result.flags
     assert "repetition_trimmed" in result.segments[0].flags
@@ -98,28 +99,35 @@ def test_loop_that_survives_retry_is_trimmed_and_flagged():
 
 def test_subtitle_credit_dropped_without_retry():
     tr = ScriptedTranscriber("字幕由Amara.org社群提供", "")
-    (result,) = tr.transcribe(AUDIO, [(0.0, 5.0)])
+    (result,) = tr.transcribe(AUDIO, [[(0.0, 5.0)]])
     assert result.segments == []
     assert result.flags == ["dropped_hallucination"]
 
 
 def test_text_on_silence_dropped():
     tr = ScriptedTranscriber("我们下次再聊", "", no_speech_prob=0.9, avg_logprob=-1.4)
-    (result,) = tr.transcribe(AUDIO, [(0.0, 5.0)])
+    (result,) = tr.transcribe(AUDIO, [[(0.0, 5.0)]])
     assert result.segments == []
     assert "dropped_no_speech" in result.flags
 
 
 def test_wrong_language_retried_then_dropped():
     tr = ScriptedTranscriber("Thank you for watching", "Please subscribe to my channel")
-    (result,) = tr.transcribe(AUDIO, [(0.0, 5.0)])
+    (result,) = tr.transcribe(AUDIO, [[(0.0, 5.0)]])
     assert tr.retries == 1
     assert result.segments == []
     assert "dropped_wrong_language" in result.flags
 
 
+def test_segment_times_map_back_through_packed_pieces():
+    tr = ScriptedTranscriber("路灯坏了", "")
+    (result,) = tr.transcribe(AUDIO, [[(1.0, 2.5), (4.0, 6.0)]])
+    (seg,) = result.segments
+    assert (seg.start, seg.end) == (1.0, 6.0)
+
+
 def test_traditional_output_normalised():
     tr = ScriptedTranscriber("樓道裡有煤氣味,請儘快處理", "")
-    (result,) = tr.transcribe(AUDIO, [(0.0, 5.0)])
+    (result,) = tr.transcribe(AUDIO, [[(0.0, 5.0)]])
     assert result.segments[0].text == "楼道里有煤气味，请尽快处理。"
     assert result.segments[0].raw_text == "樓道裡有煤氣味,請儘快處理"

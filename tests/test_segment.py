@@ -1,7 +1,7 @@
 import numpy as np
 
 from pipeline.denoise import estimate_noise, maybe_denoise
-from pipeline.segment import Region, VadOptions, speech_windows, windows_from_regions
+from pipeline.segment import Region, VadOptions, Window, speech_windows, windows_from_regions
 
 SR = 16000
 
@@ -24,22 +24,33 @@ def test_pauses_are_skipped(rng):
     assert len(windows) == 2
     # padded by 0.25 s, plus the 300 ms hysteresis ring on the closing side
     assert 2.5 < windows[0].start < 3.1 and 4.9 < windows[0].end < 5.7
-    assert sum(w.end - w.start for w in windows) < 7.0  # of 17 s
+    assert sum(w.speech_s for w in windows) < 7.0  # of 17 s
 
 
 def test_long_speech_split_into_windows_of_at_most_30_s(rng):
     audio = voice_like(75.0, rng)
     windows = speech_windows(audio)
-    assert all(w.end - w.start <= 30.0 + 1e-6 for w in windows)
+    assert all(w.speech_s <= 30.0 + 1e-6 for w in windows)
     assert windows[0].start < 0.3 and windows[-1].end > 74.5
     assert len(windows) == 3
 
 
-def test_close_regions_share_a_window():
-    audio = np.zeros(60 * SR, dtype=np.float32)
-    regions = [Region(0, 5), Region(6, 10), Region(20, 25), Region(26, 29), Region(30, 52)]
-    windows = windows_from_regions(audio, regions, VadOptions(max_gap_s=2.0))
-    assert windows == [Region(0, 10), Region(20, 29), Region(30, 52)]
+def test_regions_packed_into_windows_without_their_pauses():
+    audio = np.zeros(90 * SR, dtype=np.float32)
+    regions = [Region(0, 5), Region(6, 10), Region(20, 25), Region(26, 29), Region(30, 52),
+               Region(70, 75)]
+    windows = windows_from_regions(audio, regions, VadOptions(max_gap_s=10.0,
+                                                               join_silence_s=0.3))
+    assert windows == [
+        Window((Region(0, 5), Region(6, 10), Region(20, 25), Region(26, 29))),  # 17 s speech
+        Window((Region(30, 52),)),  # 22 s more would pass 30 s
+        Window((Region(70, 75),)),  # 18 s after the last: a new window
+    ]
+    assert windows[0].speech_s == 17 and (windows[0].start, windows[0].end) == (0, 29)
+    # speech plus the silences put between pieces never passes 30 s
+    tight = windows_from_regions(audio, [Region(0, 10), Region(11, 21), Region(22, 31.9)],
+                                 VadOptions(join_silence_s=0.3))
+    assert [len(w.pieces) for w in tight] == [2, 1]
 
 
 def test_silence_has_no_windows():
