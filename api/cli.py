@@ -128,7 +128,7 @@ def transcribe(
                       flush=True)
             else:
                 ticket = ticket_from_outcome(outcome, phone=phone, address=address)
-                print(ticket.model_dump_json(), flush=True)
+                print(ticket.public_json(), flush=True)  # the phone masked, as shown
             progress.advance(task)
     if failures:
         raise typer.Exit(1)

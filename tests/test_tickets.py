@@ -80,6 +80,12 @@ def build(text: str, **kw: Any) -> Ticket:
 # (text, kind, category code, urgent rule names that must fire)
 CASES: list[tuple[str, str, str, set[str]]] = [
     (
+        "你好，浦阳街道人民路这边有根自来水管爆了，水一直往外冒，路上全是水，麻烦赶快来抢修。",
+        "投诉",
+        "utility.water",
+        {"water_main_burst"},
+    ),
+    (
         "喂，你好，我想反映一下，我们浦阳街道和平路上的路灯坏了一个星期了，晚上黑乎乎的，"
         "老人走路很危险。",
         "投诉",
@@ -1017,3 +1023,14 @@ def test_garbled_caller_id_keeps_the_complaint() -> None:
     ticket = build("路灯坏了", phone="anonymous")
     assert ticket.submitter.phone is None
     assert "invalid_phone" in ticket.review.flags
+
+
+@pytest.mark.parametrize(("text", "urgent"), [
+    ("浦阳街道人民路这边有根自来水管爆了，水一直往外冒，路上全是水", True),
+    ("小区门口供水管道破裂，水往外喷，已经冒了一个多小时", True),
+    ("我家水管有点漏水，想问问找谁修", False),
+    ("我想问一下水管安装费怎么收", False),
+])
+def test_water_main_burst(text, urgent):
+    finding = assess_urgency(text, load_rules())
+    assert ("water_main_burst" in finding.rules) is urgent
