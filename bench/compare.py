@@ -22,6 +22,7 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from bench.audiogen import layout_recording, mix_at_snr, phone_band, street_nois
 from pipeline.audio import decode_audio  # noqa: E402
 from pipeline.config import Settings  # noqa: E402
 from pipeline.evaluate import char_errors, load_manifest  # noqa: E402
-from pipeline.process import VoicePipeline  # noqa: E402
+from pipeline.process import VoicePipeline, ticket_from_outcome  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 SHARED = ROOT.parent / "shared" / "audio" / "manifest.jsonl"
@@ -141,18 +142,13 @@ def build_long_recording(clips: list[Clip], minutes: float, seed: int = 7) -> Cl
     return Clip(path, text, len(line) / SR)
 
 
-def run_plain(model, clips: list[Clip]) -> SystemRun:
+def measure(clips: list[Clip], transcribe: Callable[[Clip], str]) -> SystemRun:
+    """Time, score and watch the memory of one system over a set of clips."""
     run = SystemRun()
     with PeakRSS() as mem:
         for clip in clips:
             t0 = time.perf_counter()
-            try:
-                segments, _info = model.transcribe(str(clip.path), beam_size=5)
-                text = "".join(seg.text for seg in segments)
-            except Exception:  # plain faster-whisper cannot open SILK: give it PCM
-                audio = decode_audio(clip.path, split_channels=False).mono
-                segments, _info = model.transcribe(audio, beam_size=5)
-                text = "".join(seg.text for seg in segments)
+            text = transcribe(clip)
             run.seconds += time.perf_counter() - t0
             errors, chars = char_errors(clip.text, text)
             run.errors += errors
@@ -161,26 +157,28 @@ def run_plain(model, clips: list[Clip]) -> SystemRun:
     run.peak_rss_mb = mem.peak / 2**20
     run.delta_rss_mb = (mem.peak - mem.start) / 2**20
     return run
+
+
+def run_plain(model, clips: list[Clip]) -> SystemRun:
+    def one(clip: Clip) -> str:
+        try:
+            segments, _info = model.transcribe(str(clip.path), beam_size=5)
+            return "".join(seg.text for seg in segments)
+        except Exception:  # plain faster-whisper cannot open SILK: give it PCM
+            audio = decode_audio(clip.path, split_channels=False).mono
+            segments, _info = model.transcribe(audio, beam_size=5)
+            return "".join(seg.text for seg in segments)
+
+    return measure(clips, one)
 
 
 def run_minyin(pipe: VoicePipeline, clips: list[Clip]) -> SystemRun:
-    from pipeline.process import ticket_from_outcome
+    def one(clip: Clip) -> str:
+        outcome = pipe.process(clip.path, name=clip.path.name)
+        ticket_from_outcome(outcome)  # the whole job, ticket included
+        return outcome.transcript.text
 
-    run = SystemRun()
-    with PeakRSS() as mem:
-        for clip in clips:
-            t0 = time.perf_counter()
-            outcome = pipe.process(clip.path, name=clip.path.name)
-            ticket_from_outcome(outcome)
-            run.seconds += time.perf_counter() - t0
-            text = outcome.transcript.text
-            errors, chars = char_errors(clip.text, text)
-            run.errors += errors
-            run.chars += chars
-            run.texts.append(text)
-    run.peak_rss_mb = mem.peak / 2**20
-    run.delta_rss_mb = (mem.peak - mem.start) / 2**20
-    return run
+    return measure(clips, one)
 
 
 def main() -> None:
