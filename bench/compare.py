@@ -32,7 +32,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from asr.normalize import scoring_form  # noqa: E402
+from asr.normalize import scoring_form, to_simplified  # noqa: E402
 from bench.audiogen import layout_recording, mix_at_snr, phone_band, street_noise  # noqa: E402
 from pipeline.audio import decode_audio  # noqa: E402
 from pipeline.config import Settings  # noqa: E402
@@ -73,6 +73,7 @@ class PeakRSS:
 @dataclass
 class SystemRun:
     errors: int = 0
+    errors_t2s: int = 0  # after OpenCC t2s: what simplification alone would fix
     chars: int = 0
     seconds: float = 0.0
     peak_rss_mb: float = 0.0
@@ -82,6 +83,10 @@ class SystemRun:
     @property
     def cer(self) -> float:
         return self.errors / max(1, self.chars)
+
+    @property
+    def cer_t2s(self) -> float:
+        return self.errors_t2s / max(1, self.chars)
 
 
 @dataclass
@@ -152,6 +157,7 @@ def measure(clips: list[Clip], transcribe: Callable[[Clip], str]) -> SystemRun:
             run.seconds += time.perf_counter() - t0
             errors, chars = char_errors(clip.text, text)
             run.errors += errors
+            run.errors_t2s += char_errors(clip.text, to_simplified(text))[0]
             run.chars += chars
             run.texts.append(text)
     run.peak_rss_mb = mem.peak / 2**20
@@ -225,7 +231,7 @@ def main() -> None:
         run_plain(plain, warm)
     run_minyin(pipe, warm)
 
-    rows = []
+    rows, details = [], []
     for name, clips in sets.items():
         audio_s = sum(c.audio_s for c in clips)
         p = SystemRun(seconds=1e-9, chars=1, texts=[""] * len(clips)) if args.skip_plain \
@@ -234,6 +240,7 @@ def main() -> None:
         row = {
             "set": name, "clips": len(clips), "audio_s": round(audio_s, 1),
             "plain_cer": round(p.cer, 4), "minyin_cer": round(m.cer, 4),
+            "plain_cer_after_opencc": round(p.cer_t2s, 4),
             "plain_s": round(p.seconds, 2), "minyin_s": round(m.seconds, 2),
             "speedup": round(p.seconds / max(1e-9, m.seconds), 2),
             "plain_rtfx": round(audio_s / p.seconds, 2),
@@ -244,22 +251,25 @@ def main() -> None:
         }
         rows.append(row)
         print(json.dumps(row, ensure_ascii=False), file=sys.stderr)
+        details += [{"set": name, "audio": c.path.name, "reference": c.text, "plain": pt,
+                     "minyin": mt} for c, pt, mt in zip(clips, p.texts, m.texts, strict=True)]
         for clip, pt, mt in zip(clips, p.texts, m.texts, strict=True):
             print(f"  {clip.path.name}\n    ref   {scoring_form(clip.text)[:120]}\n"
                   f"    plain {scoring_form(pt)[:120]}\n    minyin {scoring_form(mt)[:120]}",
                   file=sys.stderr)
 
-    header = ("| set | clips | audio | CER plain | CER minyin | time plain | time minyin "
-              "| speed-up | peak RSS plain / minyin |")
+    header = ("| set | clips | audio | CER plain | CER plain + OpenCC | CER minyin | time plain "
+              "| time minyin | speed-up | peak RSS plain / minyin |")
     print(header)
-    print("|" + "---|" * 9)
+    print("|" + "---|" * 10)
     for r in rows:
         print(f"| {r['set']} | {r['clips']} | {r['audio_s']:.0f} s | {r['plain_cer']:.1%} | "
+              f"{r['plain_cer_after_opencc']:.1%} | "
               f"{r['minyin_cer']:.1%} | {r['plain_s']:.1f} s | {r['minyin_s']:.1f} s | "
               f"{r['speedup']:.2f}x | {r['plain_peak_rss_mb']} / {r['minyin_peak_rss_mb']} MB |")
     OUT.mkdir(parents=True, exist_ok=True)
     report = {"threads": args.threads, "model": pipe.model_ref.name,
-              "minyin_compute_type": settings.compute_type, "rows": rows}
+              "minyin_compute_type": settings.compute_type, "rows": rows, "clips": details}
     (OUT / "compare.json").write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n")
 
 
