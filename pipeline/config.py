@@ -50,8 +50,27 @@ class Settings(BaseSettings):
     # --- ticket review ---
     review_confidence_below: float = 0.45
 
-    # --- embedded sinks / storage (the service issue extends these) ---
-    data_dir: Path = REPO_ROOT / "var"
+    # --- storage ---
+    data_dir: Path = REPO_ROOT / "var"  # originals (content-addressed), SQLite, JSONL sink
+    # SQLAlchemy URL; None: SQLite at data_dir/minyin.db. PostgreSQL in production,
+    # e.g. postgresql+psycopg://user@host/db
+    database_url: str | None = None
+
+    # --- distributed mode and the complaint queue ---
+    redis_url: str | None = None  # set: Celery broker + Redis stream sink; unset: embedded
+    stream_name: str = "minyin:tickets"
+    stream_maxlen: int = 100_000  # approximate trim, so a stalled consumer cannot fill Redis
+    webhook_url: str | None = None
+    webhook_secret: str | None = None  # HMAC-SHA256 key for the signature header
+    jsonl_path: Path | None = None  # None: data_dir/tickets.jsonl (the embedded sink)
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'minyin.db'}"
+
+    @property
+    def tickets_jsonl(self) -> Path:
+        return self.jsonl_path or self.data_dir / "tickets.jsonl"
 
 
 @lru_cache(maxsize=1)
