@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -76,8 +76,6 @@ class TranscribeOptions:
     def with_profile(self, profile: DialectProfile | None) -> TranscribeOptions:
         if profile is None:
             return self
-        from dataclasses import replace
-
         return replace(
             self,
             language=profile.language or self.language,

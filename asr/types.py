@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 
@@ -32,8 +33,6 @@ class Segment:
     @property
     def confidence(self) -> float:
         """0..1: exp(avg log-prob), scaled down by the no-speech probability."""
-        import math
-
         return round(math.exp(min(0.0, self.avg_logprob)) * (1.0 - self.no_speech_prob), 4)
 
 
