@@ -1,0 +1,777 @@
+"""The store: jobs, tickets, segments, corrections, the outbox and API keys.
+
+SQLAlchemy 2 models plus a small repository (`Store`). SQLite (a file under
+`data_dir`) by default, PostgreSQL in production; the schema is made by the Alembic
+migrations in `pipeline/migrations` (`upgrade(url)`), never by `create_all`, so that
+both back ends run exactly the same DDL.
+
+Concurrency rules the workers rely on:
+- `claim_job` and `finish_job` decide with a single conditional UPDATE (status in the
+  WHERE clause, rowcount checked), which both databases apply atomically, so two
+  workers can never both run or both finish a job.
+- `finish_job` writes the ticket, its segments and the outbox event in the same
+  transaction as the job's `done`, so a ticket is published if and only if it is stored.
+- Returned ORM objects are detached snapshots (`expire_on_commit=False`): read them
+  freely, change the store only through `Store` methods.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import unicodedata
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Engine,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from pipeline.config import Settings
+from pipeline.ticket_schema import Ticket
+
+JobStatus = Literal["queued", "running", "done", "failed"]
+JobQueue = Literal["voice", "batch"]
+TicketStatus = Literal["new", "in_review", "reviewed"]
+Role = Literal["submitter", "staff", "admin"]
+
+JOB_STATUSES: tuple[str, ...] = ("queued", "running", "done", "failed")
+JOB_QUEUES: tuple[str, ...] = ("voice", "batch")
+TICKET_STATUSES: tuple[str, ...] = ("new", "in_review", "reviewed")
+ROLES: tuple[str, ...] = ("submitter", "staff", "admin")
+EVENT_TICKET_CREATED = "ticket.created"
+API_KEY_PREFIX = "mny_"
+
+# Stable constraint names, so later migrations can drop or alter them on both back ends.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _in(values: Sequence[str]) -> str:
+    return ", ".join(f"'{v}'" for v in values)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on both back ends.
+
+    SQLite has no time zones and hands back naive values; naive datetimes are refused
+    on the way in so that a local time can never be stored as if it were UTC.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime; pass an aware (UTC) one")
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSON(),
+        list[Any]: JSON(),
+    }
+
+
+# --------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------
+
+
+class ApiKey(Base):
+    """An API key. Only the SHA-256 of the key is stored.
+
+    SHA-256 and not a slow password hash (bcrypt/argon2): keys are 256-bit random
+    strings made by `create_api_key`, so guessing from a leaked hash is hopeless
+    whatever the hash speed; slow hashes defend low-entropy human passwords. A fast,
+    unsalted hash also lets `verify_api_key` find the key by an indexed lookup.
+    """
+
+    __tablename__ = "api_keys"
+    __table_args__ = (CheckConstraint(f"role IN ({_in(ROLES)})", name="role"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # first characters of the key, so an admin can tell keys apart without the secret
+    key_prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(f"status IN ({_in(JOB_STATUSES)})", name="status"),
+        CheckConstraint(f"queue IN ({_in(JOB_QUEUES)})", name="queue"),
+        # One job per client_ref and submitter. NULLs are distinct in a unique index,
+        # so submissions without a key (CLI, embedded) get their own partial index.
+        Index(
+            "uq_jobs_submitter_client_ref",
+            "submitter_id",
+            "client_ref",
+            unique=True,
+            postgresql_where=text("client_ref IS NOT NULL AND submitter_id IS NOT NULL"),
+            sqlite_where=text("client_ref IS NOT NULL AND submitter_id IS NOT NULL"),
+        ),
+        Index(
+            "uq_jobs_anonymous_client_ref",
+            "client_ref",
+            unique=True,
+            postgresql_where=text("client_ref IS NOT NULL AND submitter_id IS NULL"),
+            sqlite_where=text("client_ref IS NOT NULL AND submitter_id IS NULL"),
+        ),
+        Index("ix_jobs_submitter_audio", "submitter_id", "audio_sha256", "created_at"),
+        Index("ix_jobs_status_queue", "status", "queue", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    queue: Mapped[str] = mapped_column(String(16), default="voice")
+    submitter_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id"))
+    client_ref: Mapped[str | None] = mapped_column(String(128))
+    audio_sha256: Mapped[str] = mapped_column(String(64))
+    audio_filename: Mapped[str | None] = mapped_column(String(255))
+    audio_bytes: Mapped[int | None]
+    dialect: Mapped[str | None] = mapped_column(String(64))
+    # intake form fields; the phone is personal data, stored but never logged
+    phone: Mapped[str | None] = mapped_column(String(32))
+    lat: Mapped[float | None] = mapped_column(Float)
+    lon: Mapped[float | None] = mapped_column(Float)
+    address: Mapped[str | None] = mapped_column(Text)
+    submitted_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(default=0)
+    failure_code: Mapped[str | None] = mapped_column(String(64))
+    failure_reason: Mapped[str | None] = mapped_column(Text)
+    # no foreign key: tickets.job_id already points here, and a cycle would need ALTERs
+    ticket_id: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    @property
+    def planned_ticket_id(self) -> str:
+        """The ticket id this job's ticket gets, the same on every retry."""
+        return ticket_id_for(self.id)
+
+
+class TicketRow(Base):
+    __tablename__ = "tickets"
+    __table_args__ = (
+        CheckConstraint(f"status IN ({_in(TICKET_STATUSES)})", name="status"),
+        Index("ix_tickets_created", "created_at", "id"),
+        Index("ix_tickets_status_created", "status", "created_at"),
+        Index("ix_tickets_category", "category_code"),
+        Index("ix_tickets_review", "needs_review", "urgency", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    # the ticket in its storage form (phone included); the columns below copy the
+    # fields that lists filter on, so listing never parses JSON
+    document: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), default="new")
+    category_code: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(8))
+    urgency: Mapped[str] = mapped_column(String(16))
+    needs_review: Mapped[bool] = mapped_column(Boolean)
+    source: Mapped[str] = mapped_column(String(16))
+    dialect: Mapped[str] = mapped_column(String(64))
+    model_name: Mapped[str] = mapped_column(String(200))
+    model_version: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # optimistic locking: every ORM UPDATE checks and bumps it (StaleDataError if lost)
+    revision: Mapped[int] = mapped_column(Integer)
+
+    __mapper_args__: ClassVar[dict[str, Any]] = {"version_id_col": revision}
+
+    @property
+    def ticket(self) -> Ticket:
+        return Ticket.model_validate(self.document)
+
+
+class SegmentRow(Base):
+    __tablename__ = "segments"
+
+    ticket_id: Mapped[str] = mapped_column(
+        ForeignKey("tickets.id", ondelete="CASCADE"), primary_key=True
+    )
+    idx: Mapped[int] = mapped_column(primary_key=True)
+    start: Mapped[float] = mapped_column(Float)
+    end: Mapped[float] = mapped_column(Float)
+    channel: Mapped[int] = mapped_column(default=0)
+    speaker: Mapped[str | None] = mapped_column(String(32))
+    text: Mapped[str] = mapped_column(Text)
+    confidence: Mapped[float] = mapped_column(Float)
+    avg_logprob: Mapped[float] = mapped_column(Float)
+    no_speech_prob: Mapped[float] = mapped_column(Float)
+    flags: Mapped[list[Any]] = mapped_column(default=list)
+
+
+class Correction(Base):
+    """One staff change: a segment's text or a ticket field, before and after.
+
+    `revision` is the ticket revision the change produced; one save may hold several
+    rows (one per segment or field), all with the same revision.
+    """
+
+    __tablename__ = "corrections"
+    __table_args__ = (
+        CheckConstraint("target_kind IN ('segment', 'field')", name="target_kind"),
+        UniqueConstraint("ticket_id", "revision", "target_kind", "target"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    ticket_id: Mapped[str] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"))
+    revision: Mapped[int]
+    author: Mapped[str] = mapped_column(String(200))
+    target_kind: Mapped[str] = mapped_column(String(16))
+    # segment index as text ("3") or a field path ("location.district")
+    target: Mapped[str] = mapped_column(String(200))
+    before: Mapped[Any] = mapped_column(JSON, nullable=True)
+    after: Mapped[Any] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OutboxEvent(Base):
+    __tablename__ = "outbox"
+    __table_args__ = (
+        # one event per ticket revision and type: a replayed finish cannot publish twice
+        UniqueConstraint("ticket_id", "revision", "event_type"),
+        # the relay only ever scans unsent rows; keep that index small
+        Index(
+            "ix_outbox_unsent",
+            "next_attempt_at",
+            "id",
+            postgresql_where=text("sent_at IS NULL"),
+            sqlite_where=text("sent_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    ticket_id: Mapped[str] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"))
+    revision: Mapped[int]
+    event_type: Mapped[str] = mapped_column(String(64))
+    # the ticket document to publish, storage form (phone included): the relay chooses
+    # the public form for sinks that may not see it
+    payload: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None]
+
+
+# --------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------
+
+
+def new_job_id(now: datetime | None = None) -> str:
+    """'J' + UTC date-time + 8 hex digits: sortable by submission time, like ticket ids."""
+    now = (now or utcnow()).astimezone(timezone.utc)
+    return f"J{now:%Y%m%d-%H%M%S}-{secrets.token_hex(4)}"
+
+
+def ticket_id_for(job_id: str) -> str:
+    """A job's ticket id: same time and random part, so retries rebuild the same id."""
+    if not re.fullmatch(r"J\d{8}-\d{6}-[0-9a-f]{8}", job_id):
+        raise ValueError(f"not a job id: {job_id!r}")
+    return "T" + job_id[1:]
+
+
+_UNSAFE_NAME = re.compile(r"[^\w.\- ]+", re.UNICODE)
+
+
+def sanitise_filename(name: str | None, max_len: int = 200) -> str | None:
+    """The uploaded file's base name, safe to show and to use in a download header.
+
+    Kept only as a label (the blob is stored by hash): directories, control
+    characters and anything outside letters, digits, '.', '-', '_' and space go.
+    """
+    if not name:
+        return None
+    name = unicodedata.normalize("NFKC", name)
+    name = re.split(r"[\\/]", name)[-1]
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C")
+    name = _UNSAFE_NAME.sub("_", name).strip(" .")
+    return name[:max_len] or None
+
+
+def hash_api_key(plain: str) -> str:
+    return hashlib.sha256(plain.encode("utf-8")).hexdigest()
+
+
+def create_engine_for(url: str, **kwargs: Any) -> Engine:
+    """An Engine with the settings each back end needs for several workers at once."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        connect_args = {"timeout": 30.0, **kwargs.pop("connect_args", {})}
+        engine = create_engine(url, connect_args=connect_args, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            # WAL: readers do not block the writer (API reads while workers write)
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")  # off by default in SQLite
+            cur.execute("PRAGMA busy_timeout=30000")  # wait for the writer, do not fail
+            cur.execute("PRAGMA synchronous=NORMAL")  # safe with WAL, far fewer fsyncs
+            cur.close()
+
+        return engine
+    # a pooled connection may have been dropped by the server or a proxy
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_engine(url, **kwargs)
+
+
+def upgrade(url: str | Engine, revision: str = "head") -> None:
+    """`alembic upgrade head` from code; the scripts ship inside the package."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).resolve().parent / "migrations"))
+    if isinstance(url, Engine):
+        with url.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+    else:
+        # '%' is ConfigParser interpolation; URL-encoded passwords contain it
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+        command.upgrade(cfg, revision)
+
+
+# --------------------------------------------------------------------------------------
+# Repository
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class TicketPage:
+    items: list[TicketRow]
+    total: int
+    limit: int
+    offset: int
+
+    @property
+    def next_offset(self) -> int | None:
+        end = self.offset + len(self.items)
+        return end if end < self.total else None
+
+
+class Store:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def from_url(cls, url: str, *, migrate: bool = False) -> Store:
+        store = cls(create_engine_for(url))
+        if migrate:
+            store.upgrade()
+        return store
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, migrate: bool = False) -> Store:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        return cls.from_url(settings.sqlalchemy_url, migrate=migrate)
+
+    def upgrade(self) -> None:
+        upgrade(self.engine)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """One transaction: committed on success, rolled back on any error."""
+        with self.sessions.begin() as session:
+            yield session
+
+    # -- jobs --------------------------------------------------------------------------
+
+    def create_job(
+        self,
+        *,
+        audio_sha256: str,
+        submitter_id: str | None = None,
+        client_ref: str | None = None,
+        queue: str = "voice",
+        audio_filename: str | None = None,
+        audio_bytes: int | None = None,
+        dialect: str | None = None,
+        phone: str | None = None,
+        lat: float | None = None,
+        lon: float | None = None,
+        address: str | None = None,
+        submitted_at: datetime | None = None,
+        dedup_window: timedelta | float | None = 10.0,
+        now: datetime | None = None,
+    ) -> tuple[Job, bool]:
+        """(job, created). An existing job comes back instead of a duplicate when
+
+        - the same submitter already used this client_ref (any age, any status), or
+        - the same submitter sent the same audio within `dedup_window` (minutes, or a
+          timedelta; None turns it off) and that job has not failed: a resend after a
+          failure is a retry and gets a new job.
+        """
+        if queue not in JOB_QUEUES:
+            raise ValueError(f"queue must be one of {JOB_QUEUES}")
+        if not re.fullmatch(r"[0-9a-f]{64}", audio_sha256):
+            raise ValueError("audio_sha256 must be 64 lower-case hex digits")
+        now = now or utcnow()
+        client_ref = client_ref.strip() or None if client_ref else None
+        if isinstance(dedup_window, (int, float)):
+            dedup_window = timedelta(minutes=dedup_window)
+
+        existing = self._find_duplicate(submitter_id, client_ref, audio_sha256,
+                                        dedup_window, now)
+        if existing is not None:
+            return existing, False
+        job = Job(
+            id=new_job_id(now), status="queued", queue=queue, submitter_id=submitter_id,
+            client_ref=client_ref, audio_sha256=audio_sha256,
+            audio_filename=sanitise_filename(audio_filename), audio_bytes=audio_bytes,
+            dialect=dialect, phone=phone.strip() if phone else None, lat=lat, lon=lon,
+            address=address, submitted_at=submitted_at, attempts=0, created_at=now,
+        )
+        try:
+            with self.session() as s:
+                s.add(job)
+        except IntegrityError:
+            # a concurrent submission with the same client_ref won the unique index
+            existing = self._find_duplicate(submitter_id, client_ref, audio_sha256, None, now)
+            if existing is None:
+                raise
+            return existing, False
+        return job, True
+
+    def _find_duplicate(self, submitter_id: str | None, client_ref: str | None,
+                        audio_sha256: str, window: timedelta | None,
+                        now: datetime) -> Job | None:
+        same_submitter = (Job.submitter_id.is_(None) if submitter_id is None
+                          else Job.submitter_id == submitter_id)
+        with self.session() as s:
+            if client_ref is not None:
+                job = s.scalar(select(Job).where(same_submitter, Job.client_ref == client_ref))
+                if job is not None:
+                    return job
+            if window is not None:
+                return s.scalar(
+                    select(Job)
+                    .where(same_submitter, Job.audio_sha256 == audio_sha256,
+                           Job.created_at >= now - window, Job.status != "failed")
+                    .order_by(Job.created_at.desc(), Job.id.desc())
+                    .limit(1)
+                )
+        return None
+
+    def get_job(self, job_id: str) -> Job | None:
+        with self.session() as s:
+            return s.get(Job, job_id)
+
+    def claim_job(self, job_id: str, *, lease: timedelta | float = 900.0,
+                  max_attempts: int | None = None, now: datetime | None = None) -> Job | None:
+        """queued -> running (attempts + 1); None if another worker has it or it is over.
+
+        A job left 'running' longer than `lease` (seconds or a timedelta) is taken to
+        belong to a dead worker and may be claimed again. One conditional UPDATE, so
+        exactly one of several concurrent claimers sees rowcount 1.
+        """
+        now = now or utcnow()
+        if not isinstance(lease, timedelta):
+            lease = timedelta(seconds=lease)
+        claimable = or_(Job.status == "queued",
+                        (Job.status == "running") & (Job.started_at < now - lease))
+        conditions = [Job.id == job_id, claimable]
+        if max_attempts is not None:
+            conditions.append(Job.attempts < max_attempts)
+        with self.session() as s:
+            result = s.execute(
+                update(Job).where(*conditions)
+                .values(status="running", attempts=Job.attempts + 1, started_at=now,
+                        finished_at=None)
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            return s.get(Job, job_id, populate_existing=True)
+
+    def finish_job(self, job_id: str, ticket: Ticket, *, now: datetime | None = None) -> TicketRow:
+        """Job done + ticket + segments + outbox event, all in one transaction.
+
+        Idempotent: for a job already done, the stored ticket comes back and nothing
+        is written (a retried or duplicated task may finish twice).
+        """
+        now = now or utcnow()
+        with self.session() as s:
+            # the UPDATE takes the row (PostgreSQL) or database (SQLite) write lock
+            # first, so a concurrent finisher waits here and then finds 'done'
+            result = s.execute(
+                update(Job).where(Job.id == job_id, Job.status != "done")
+                .values(status="done", ticket_id=ticket.id, finished_at=now,
+                        failure_code=None, failure_reason=None)
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                job = s.get(Job, job_id)
+                if job is None:
+                    raise LookupError(f"no job {job_id}")
+                row = s.get(TicketRow, job.ticket_id) if job.ticket_id else None
+                if row is None:
+                    raise LookupError(f"job {job_id} is done but has no ticket")
+                return row
+            row = _ticket_row(ticket, job_id, now)
+            s.add(row)
+            s.flush()  # the ticket row first: segments and outbox point at it
+            s.add_all(_segment_rows(ticket))
+            s.add(OutboxEvent(ticket_id=ticket.id, revision=row.revision,
+                              event_type=EVENT_TICKET_CREATED, payload=row.document,
+                              created_at=now, next_attempt_at=now, attempts=0))
+            return row
+
+    def fail_job(self, job_id: str, code: str, reason: str, *, retry: bool = False,
+                 now: datetime | None = None) -> bool:
+        """Record why a job failed: 'failed' for good, or back to 'queued' with `retry`.
+
+        False if the job is unknown or already done (a late failure report from a
+        worker whose lease ran out must not undo another worker's success).
+        """
+        now = now or utcnow()
+        with self.session() as s:
+            result = s.execute(
+                update(Job).where(Job.id == job_id, Job.status != "done")
+                .values(status="queued" if retry else "failed", failure_code=code[:64],
+                        failure_reason=reason[:4000], finished_at=None if retry else now)
+                .execution_options(synchronize_session=False)
+            )
+            return result.rowcount == 1  # type: ignore[attr-defined]
+
+    # -- tickets -----------------------------------------------------------------------
+
+    def get_ticket_row(self, ticket_id: str) -> TicketRow | None:
+        with self.session() as s:
+            return s.get(TicketRow, ticket_id)
+
+    def get_ticket(self, ticket_id: str) -> Ticket | None:
+        row = self.get_ticket_row(ticket_id)
+        return row.ticket if row is not None else None
+
+    def get_segments(self, ticket_id: str) -> list[SegmentRow]:
+        with self.session() as s:
+            return list(s.scalars(select(SegmentRow).where(SegmentRow.ticket_id == ticket_id)
+                                  .order_by(SegmentRow.idx)))
+
+    def list_tickets(
+        self,
+        *,
+        status: str | None = None,
+        category: str | None = None,
+        urgency: str | None = None,
+        needs_review: bool | None = None,
+        source: str | None = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        oldest_first: bool = False,
+    ) -> TicketPage:
+        """Filtered tickets, newest first (id breaks ties, so pages never overlap).
+
+        `category` matches the code or, given a prefix like "city", every code under
+        it ("city.sanitation"). The created range is half-open: [from, to).
+        """
+        if not 1 <= limit <= 500:
+            raise ValueError("limit must be 1..500")
+        if offset < 0:
+            raise ValueError("offset must be >= 0")
+        conditions: list[Any] = []
+        if status is not None:
+            conditions.append(TicketRow.status == status)
+        if category is not None:
+            prefix = category.rstrip(".")
+            conditions.append(or_(TicketRow.category_code == prefix,
+                                  TicketRow.category_code.startswith(prefix + ".",
+                                                                     autoescape=True)))
+        if urgency is not None:
+            conditions.append(TicketRow.urgency == urgency)
+        if needs_review is not None:
+            conditions.append(TicketRow.needs_review.is_(needs_review))
+        if source is not None:
+            conditions.append(TicketRow.source == source)
+        if created_from is not None:
+            conditions.append(TicketRow.created_at >= created_from)
+        if created_to is not None:
+            conditions.append(TicketRow.created_at < created_to)
+        order = ((TicketRow.created_at.asc(), TicketRow.id.asc()) if oldest_first
+                 else (TicketRow.created_at.desc(), TicketRow.id.desc()))
+        with self.session() as s:
+            total = s.scalar(select(func.count()).select_from(TicketRow).where(*conditions))
+            items = list(s.scalars(select(TicketRow).where(*conditions).order_by(*order)
+                                   .limit(limit).offset(offset)))
+        return TicketPage(items=items, total=int(total or 0), limit=limit, offset=offset)
+
+    # -- outbox ------------------------------------------------------------------------
+
+    def pending_outbox(self, limit: int = 100, *, now: datetime | None = None
+                       ) -> list[OutboxEvent]:
+        """Unsent events that are due, oldest first (the order tickets were stored).
+
+        Several relays may read the same events: delivery is at least once, and sinks
+        deduplicate by ticket id and revision.
+        """
+        now = now or utcnow()
+        with self.session() as s:
+            return list(s.scalars(
+                select(OutboxEvent)
+                .where(OutboxEvent.sent_at.is_(None), OutboxEvent.next_attempt_at <= now)
+                .order_by(OutboxEvent.id).limit(limit)
+            ))
+
+    def mark_sent(self, event_id: int, *, now: datetime | None = None) -> bool:
+        """Call only after the sink accepted the event. False if it was already sent."""
+        with self.session() as s:
+            result = s.execute(
+                update(OutboxEvent)
+                .where(OutboxEvent.id == event_id, OutboxEvent.sent_at.is_(None))
+                .values(sent_at=now or utcnow(), attempts=OutboxEvent.attempts + 1,
+                        last_error=None)
+                .execution_options(synchronize_session=False)
+            )
+            return result.rowcount == 1  # type: ignore[attr-defined]
+
+    def mark_failed_attempt(self, event_id: int, error: str, *, now: datetime | None = None,
+                            base_delay: float = 5.0, max_delay: float = 3600.0) -> None:
+        """Count a failed delivery and hold the event back (exponential backoff).
+
+        Backoff so that a sink that is down is not hammered, and so that one poison
+        event does not keep the relay from the events behind it.
+        """
+        now = now or utcnow()
+        with self.session() as s:
+            event_row = s.get(OutboxEvent, event_id, with_for_update=True)
+            if event_row is None or event_row.sent_at is not None:
+                return
+            event_row.attempts += 1
+            event_row.last_error = error[:4000]
+            delay = min(max_delay, base_delay * 2 ** (event_row.attempts - 1))
+            event_row.next_attempt_at = now + timedelta(seconds=delay)
+
+    # -- API keys ----------------------------------------------------------------------
+
+    def create_api_key(self, name: str, role: str) -> tuple[str, ApiKey]:
+        """(plain key, row). The plain key exists only in this return value: show it once."""
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}")
+        plain = API_KEY_PREFIX + secrets.token_urlsafe(32)  # 256 bits
+        row = ApiKey(id="K" + secrets.token_hex(8), name=name, role=role,
+                     key_hash=hash_api_key(plain), key_prefix=plain[:10],
+                     created_at=utcnow())
+        with self.session() as s:
+            s.add(row)
+        return plain, row
+
+    def verify_api_key(self, plain: str) -> ApiKey | None:
+        """The active key row for this secret, or None (unknown, malformed or revoked)."""
+        if not plain or not plain.startswith(API_KEY_PREFIX) or len(plain) > 200:
+            return None
+        digest = hash_api_key(plain)
+        with self.session() as s:
+            row = s.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
+        # the lookup already matched; compare_digest keeps the final check constant-time
+        if row is None or not hmac.compare_digest(row.key_hash, digest):
+            return None
+        return row if row.revoked_at is None else None
+
+    def revoke_api_key(self, key_id: str, *, now: datetime | None = None) -> bool:
+        with self.session() as s:
+            result = s.execute(
+                update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+                .values(revoked_at=now or utcnow())
+                .execution_options(synchronize_session=False)
+            )
+            return result.rowcount == 1  # type: ignore[attr-defined]
+
+    def list_api_keys(self) -> list[ApiKey]:
+        with self.session() as s:
+            return list(s.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)))
+
+
+def _ticket_row(ticket: Ticket, job_id: str | None, now: datetime) -> TicketRow:
+    return TicketRow(
+        id=ticket.id, job_id=job_id, document=ticket.storage_dict(), status="new",
+        category_code=ticket.category.code, kind=ticket.kind, urgency=ticket.urgency.level,
+        needs_review=ticket.review.needed, source=ticket.source, dialect=ticket.dialect,
+        model_name=ticket.model.name, model_version=ticket.model.version,
+        created_at=ticket.created_at, updated_at=now,
+    )
+
+
+def _segment_rows(ticket: Ticket) -> list[SegmentRow]:
+    return [
+        SegmentRow(ticket_id=ticket.id, idx=i, start=seg.start, end=seg.end,
+                   channel=seg.channel, speaker=seg.speaker, text=seg.text,
+                   confidence=seg.confidence, avg_logprob=seg.avg_logprob,
+                   no_speech_prob=seg.no_speech_prob, flags=list(seg.flags))
+        for i, seg in enumerate(ticket.transcript.segments)
+    ]
