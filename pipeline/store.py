@@ -316,6 +316,10 @@ class OutboxEvent(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None]
+    # names of the sinks that accepted it (a retry skips them); parked: refused for good
+    delivered_to: Mapped[list[Any]] = mapped_column(default=list,
+                                                    server_default=text("'[]'"))
+    parked_at: Mapped[datetime | None]
 
 
 # --------------------------------------------------------------------------------------
@@ -684,7 +688,8 @@ class Store:
         with self.session() as s:
             return list(s.scalars(
                 select(OutboxEvent)
-                .where(OutboxEvent.sent_at.is_(None), OutboxEvent.next_attempt_at <= now)
+                .where(OutboxEvent.sent_at.is_(None), OutboxEvent.parked_at.is_(None),
+                       OutboxEvent.next_attempt_at <= now)
                 .order_by(OutboxEvent.id).limit(limit)
             ))
 
@@ -716,6 +721,29 @@ class Store:
             event_row.last_error = error[:4000]
             delay = min(max_delay, base_delay * 2 ** (event_row.attempts - 1))
             event_row.next_attempt_at = now + timedelta(seconds=delay)
+
+    def mark_delivered(self, event_id: int, sink: str) -> None:
+        """One sink accepted the event; a later retry for another sink skips this one."""
+        with self.session() as s:
+            row = s.get(OutboxEvent, event_id, with_for_update=True)
+            if row is not None and sink not in (row.delivered_to or []):
+                row.delivered_to = [*(row.delivered_to or []), sink]
+
+    def park_event(self, event_id: int, error: str, *, now: datetime | None = None) -> None:
+        """A sink refused the event for good: keep it, out of the relay's way, for a person."""
+        with self.session() as s:
+            row = s.get(OutboxEvent, event_id, with_for_update=True)
+            if row is not None and row.sent_at is None:
+                row.attempts += 1
+                row.last_error = error[:4000]
+                row.parked_at = now or utcnow()
+
+    def requeue_event(self, event_id: int) -> None:
+        with self.session() as s:
+            row = s.get(OutboxEvent, event_id, with_for_update=True)
+            if row is not None:
+                row.parked_at = None
+                row.next_attempt_at = utcnow()
 
     # -- API keys ----------------------------------------------------------------------
 

@@ -160,7 +160,8 @@ def test_migrations_from_empty_match_the_models(empty_url: str) -> None:
         with engine.connect() as conn:
             names = set(inspect(conn).get_table_names())
             assert set(TABLES) | {"alembic_version"} <= names
-            assert conn.scalar(text("SELECT version_num FROM alembic_version")) == "0001_initial"
+            version = conn.scalar(text("SELECT version_num FROM alembic_version"))
+            assert version == "0002_outbox_delivery"
             context = MigrationContext.configure(conn, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []
             indexes = {ix["name"]: ix for ix in inspect(conn).get_indexes("jobs")}
@@ -600,3 +601,61 @@ def test_blob_refuses_malformed_names(tmp_path: Path, bad: str) -> None:
     for call in (blobs.path, blobs.exists, blobs.open, check_sha256):
         with pytest.raises(ValueError):
             call(bad)
+
+
+# --------------------------------------------------------------------------------------
+# The outbox as the relay's source (pipeline.outbox over pipeline.sinks.relay)
+# --------------------------------------------------------------------------------------
+
+
+class RecordingSink:
+    def __init__(self, name: str, fail: str | None = None) -> None:
+        self.name, self.fail, self.events = name, fail, []
+
+    def publish(self, event) -> None:
+        from pipeline.sinks import SinkError
+
+        if self.fail:
+            raise SinkError(f"{self.name} says no", transient=self.fail == "transient",
+                            sink=self.name)
+        self.events.append(event)
+
+
+def test_relay_over_the_store_outbox(store: Store) -> None:
+    from pipeline.outbox import StoreOutbox
+    from pipeline.sinks import relay
+
+    ticket = _stored(store, 1, "light", T0)
+    outbox = StoreOutbox(store)
+    stream, webhook = RecordingSink("redis"), RecordingSink("webhook", fail="transient")
+
+    first = relay(outbox, [stream, webhook])
+    assert first.sent == 0 and len(stream.events) == 1
+    (row,) = store.pending_outbox(now=datetime.now(timezone.utc) + timedelta(hours=2))
+    assert row.delivered_to == ["redis"] and row.attempts == 1 and "webhook" in row.last_error
+    assert stream.events[0].event_id == f"{ticket.id}:1"  # what consumers de-duplicate on
+
+    store.requeue_event(row.id)  # due again now, instead of after its backoff
+    webhook.fail = None
+    second = relay(outbox, [stream, webhook])
+    assert second.sent == 1
+    assert len(stream.events) == 1, "the stream already had it: not published again"
+    assert [e.ticket_id for e in webhook.events] == [ticket.id]
+    assert store.pending_outbox(now=datetime.now(timezone.utc) + timedelta(days=1)) == []
+
+
+def test_permanently_refused_event_is_parked(store: Store) -> None:
+    from pipeline.outbox import StoreOutbox
+    from pipeline.sinks import relay
+
+    _stored(store, 2, "light", T0)
+    outbox = StoreOutbox(store)
+    result = relay(outbox, [RecordingSink("webhook", fail="permanent")])
+    assert result.permanent_errors == 1
+    later = datetime.now(timezone.utc) + timedelta(days=1)
+    assert store.pending_outbox(now=later) == []  # parked, out of the relay's way
+    with store.session() as s:
+        (parked,) = s.scalars(select(OutboxEvent)).all()
+    assert parked.parked_at is not None and parked.sent_at is None
+    store.requeue_event(parked.id)
+    assert len(store.pending_outbox(now=later)) == 1
