@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from asr.model import sha256_file
+
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
 
@@ -114,11 +116,7 @@ class BlobStore:
 
     def verify(self, sha: str) -> bool:
         """Re-hash a stored blob (slow; for audits and tests)."""
-        digest = hashlib.sha256()
-        with self.open(sha) as fh:
-            for chunk in iter(lambda: fh.read(_CHUNK), b""):
-                digest.update(chunk)
-        return digest.hexdigest() == sha
+        return sha256_file(self.path(sha)) == sha
 
 
 def _chunks(data: bytes | str | os.PathLike[str] | BinaryIO) -> Iterator[bytes]:

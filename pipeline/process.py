@@ -12,10 +12,11 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from asr.model import ModelRef, load_whisper, resolve_model
+from asr.model import ModelRef, load_whisper, resolve_model, sha256_file
 from asr.profiles import DialectProfile, load_profile
 from asr.transcriber import TranscribeOptions, Transcriber
 from asr.types import Segment, Transcript
@@ -130,7 +131,7 @@ class VoicePipeline:
             t1 = time.perf_counter()
             windows = speech_windows(audio, vad)
             t2 = time.perf_counter()
-            role = roles.get(ch) if split and roles else None
+            role = roles.get(ch) if split else None
             for result in self.transcriber.transcribe(
                     audio, [w.spans() for w in windows], channel=ch,
                     speaker=role, profile=profile):
@@ -172,11 +173,7 @@ def content_sha256(source: str | os.PathLike | bytes) -> str:
     """The audio's identity: the hash of the bytes as received."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         return hashlib.sha256(source).hexdigest()
-    digest = hashlib.sha256()
-    with open(source, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_file(Path(source))
 
 
 def ticket_from_outcome(outcome: Outcome, *, phone: str | None = None,
