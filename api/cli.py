@@ -24,6 +24,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="民音 minyin: citizens' voice complaints to structured tickets.")
 models_app = typer.Typer(no_args_is_help=True, help="The Whisper models on this machine.")
 app.add_typer(models_app, name="models")
+keys_app = typer.Typer(no_args_is_help=True, help="API keys for the HTTP API.")
+app.add_typer(keys_app, name="keys")
 
 err = Console(stderr=True)
 
@@ -192,6 +194,148 @@ def models_list() -> None:
         card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else {}
         print(json.dumps({"path": str(model_bin.parent.relative_to(root)), **card},
                          ensure_ascii=False))
+
+
+# --------------------------------------------------------------------------- service
+
+
+def _service_logging() -> None:
+    logging.getLogger().setLevel(logging.INFO)
+    for noisy in ("faster_whisper", "httpx", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    relay: Annotated[bool, typer.Option(help="publish finished tickets from this "
+                                             "process (the outbox relay)")] = True,
+) -> None:
+    """Run the HTTP API. Without MINYIN_REDIS_URL it also runs the jobs (embedded)."""
+    import uvicorn
+
+    from api.app import create_app
+    from pipeline.config import get_settings
+
+    _service_logging()
+    settings = get_settings()
+    mode = "distributed (Celery on Redis)" if settings.redis_url else "embedded"
+    err.print(f"minyin API on http://{host}:{port} ({mode}); docs at /docs")
+    uvicorn.run(create_app(settings, maintenance=relay), host=host, port=port,
+                log_level="info", access_log=False, timeout_graceful_shutdown=10)
+
+
+@app.command()
+def worker(
+    queues: Annotated[str, typer.Option(help="queues to take jobs from, first first")
+                      ] = "voice,batch",
+    concurrency: Annotated[int | None, typer.Option(
+        help="worker processes, each with its own model (default: "
+             "MINYIN_WORKER_CONCURRENCY)")] = None,
+    name: Annotated[str, typer.Option(help="Celery node name")] = "minyin@%h",
+    loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
+) -> None:
+    """Run a Celery worker (needs MINYIN_REDIS_URL); loads the model once per process."""
+    from pipeline.config import get_settings
+    from pipeline.store import Store
+
+    settings = get_settings()
+    if not settings.redis_url:
+        err.print("[red]minyin worker needs MINYIN_REDIS_URL[/red] (the broker); without "
+                  "it `minyin serve` runs the jobs itself")
+        raise typer.Exit(2)
+    from workers.celery_app import QUEUES
+    from workers.celery_app import app as celery_app
+
+    wanted = [q.strip() for q in queues.split(",") if q.strip()]
+    unknown = sorted(set(wanted) - set(QUEUES))
+    if not wanted or unknown:
+        err.print(f"[red]unknown queue(s) {unknown}[/red]; known: {', '.join(QUEUES)}")
+        raise typer.Exit(2)
+    Store.from_settings(settings, migrate=True).dispose()
+    _service_logging()
+    celery_app.worker_main([
+        "worker", "--queues", ",".join(wanted), "--hostname", name,
+        "--concurrency", str(concurrency or settings.worker_concurrency),
+        "--pool", "prefork", "--loglevel", loglevel, "--without-gossip",
+        "--without-mingle",
+    ])
+
+
+@app.command("relay")
+def relay_cmd() -> None:
+    """Publish finished tickets and re-dispatch stalled jobs, without the API
+    (for a deployment whose API processes run with --no-relay)."""
+    import signal
+    import threading
+
+    from pipeline.config import get_settings
+    from pipeline.store import Store
+    from workers.runtime import Maintenance, make_dispatcher
+
+    _service_logging()
+    settings = get_settings()
+    store = Store.from_settings(settings, migrate=True)
+    # embedded mode: jobs run inside `minyin serve`; here only the relay
+    dispatcher = (make_dispatcher(settings, store=store) if settings.redis_url
+                  else _NoDispatch())
+    upkeep = Maintenance(settings, store, dispatcher)  # type: ignore[arg-type]
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    upkeep.start()
+    err.print("relaying; Ctrl-C stops")
+    stop.wait()
+    upkeep.stop()
+
+
+class _NoDispatch:
+    def sweep(self) -> None:
+        pass
+
+
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[str, typer.Option(help="submitter | staff | admin")],
+    name: Annotated[str, typer.Option(help="who or what uses it (e.g. the app's name)")],
+) -> None:
+    """Create an API key and print it; it is shown this once, only its hash is kept."""
+    from pipeline.config import get_settings
+    from pipeline.store import ROLES, Store
+
+    if role not in ROLES:
+        err.print(f"[red]--role must be one of {', '.join(ROLES)}[/red]")
+        raise typer.Exit(2)
+    store = Store.from_settings(get_settings(), migrate=True)
+    plain, row = store.create_api_key(name, role)
+    err.print(f"created {row.id} ({row.role}, {row.name}); keep the key now, it is not "
+              "shown again:")
+    print(plain)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """The API keys (never their secrets)."""
+    from pipeline.config import get_settings
+    from pipeline.store import Store
+
+    store = Store.from_settings(get_settings(), migrate=True)
+    for row in store.list_api_keys():
+        state = "revoked " + row.revoked_at.isoformat() if row.revoked_at else "active"
+        print(f"{row.id}\t{row.role}\t{row.key_prefix}…\t{row.name}\t{state}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="the key's id (K...)")]) -> None:
+    """Revoke an API key at once."""
+    from pipeline.config import get_settings
+    from pipeline.store import Store
+
+    if not Store.from_settings(get_settings(), migrate=True).revoke_api_key(key_id):
+        err.print(f"[red]no active key {key_id}[/red]")
+        raise typer.Exit(1)
+    err.print(f"revoked {key_id}")
 
 
 @app.command()

@@ -58,15 +58,42 @@ class Settings(BaseSettings):
 
     # --- distributed mode and the complaint queue ---
     redis_url: str | None = None  # set: Celery broker + Redis stream sink; unset: embedded
-    stream_name: str = "minyin:tickets"
+    stream_name: str | None = None  # None: "<redis_prefix>:tickets"
     stream_maxlen: int = 100_000  # approximate trim, so a stalled consumer cannot fill Redis
     webhook_url: str | None = None
     webhook_secret: str | None = None  # HMAC-SHA256 key for the signature header
+    # a sink that refused an event: wait this long, doubling per attempt (max 1 hour)
+    outbox_retry_base_seconds: float = 5.0
     jsonl_path: Path | None = None  # None: data_dir/tickets.jsonl (the embedded sink)
+    # prefix of every Redis key minyin makes (Celery queues, worker beats, rate limits),
+    # so several deployments or test runs can share one Redis
+    redis_prefix: str = "minyin"
+    # a broker message not acknowledged within this many seconds is delivered again
+    # (its worker is taken for dead); keep it above the longest job you expect
+    broker_visibility_timeout: int = 3600
+
+    # --- jobs and workers ---
+    # a running job's worker beats every job_lease_seconds / 4; a job that missed its
+    # beats this long belongs to a dead worker and is taken over
+    job_lease_seconds: float = 60.0
+    job_max_attempts: int = 4  # transient failures (worker death, errors) before "failed"
+    # same audio from the same submitter within this many minutes: the same job
+    dedup_window_minutes: float = 10.0
+    embedded_workers: int = 1  # in-process job threads when redis_url is unset
+    worker_concurrency: int = 1  # Celery worker processes per `minyin worker` (model each)
+
+    # --- API ---
+    # per key, in `limits` notation ("60/minute", "10/second;500/hour")
+    rate_limit: str = "120/minute"
+    upload_rate_limit: str = "30/minute"
 
     @property
     def sqlalchemy_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'minyin.db'}"
+
+    @property
+    def ticket_stream(self) -> str:
+        return self.stream_name or f"{self.redis_prefix}:tickets"
 
     @property
     def tickets_jsonl(self) -> Path:

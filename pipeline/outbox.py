@@ -13,8 +13,9 @@ from pipeline.store import Store
 
 
 class StoreOutbox:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, retry_base_s: float = 5.0) -> None:
         self.store = store
+        self.retry_base_s = retry_base_s
 
     def pending(self, limit: int) -> Sequence[OutboxItem]:
         return [
@@ -39,4 +40,5 @@ class StoreOutbox:
         if permanent:
             self.store.park_event(int(event_id), message)
         else:
-            self.store.mark_failed_attempt(int(event_id), message)
+            self.store.mark_failed_attempt(int(event_id), message,
+                                           base_delay=self.retry_base_s)

@@ -489,7 +489,7 @@ def sinks_from_settings(
     sinks: list[TicketSink] = []
     if settings.redis_url:
         sinks.append(
-            RedisStreamSink(settings.redis_url, settings.stream_name, settings.stream_maxlen)
+            RedisStreamSink(settings.redis_url, settings.ticket_stream, settings.stream_maxlen)
         )
     else:
         sinks.append(JsonlSink(settings.tickets_jsonl, include_contact=jsonl_include_contact))

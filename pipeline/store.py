@@ -203,6 +203,13 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # the running worker refreshes heartbeat_at; older than the lease = a dead worker
+    heartbeat_at: Mapped[datetime | None]
+    worker: Mapped[str | None] = mapped_column(String(128))
+    # last hand-off to the broker; NULL = not handed over yet (the broker was down)
+    enqueued_at: Mapped[datetime | None]
+    audio_seconds: Mapped[float | None] = mapped_column(Float)
+    processing_seconds: Mapped[float | None] = mapped_column(Float)
 
     @property
     def planned_ticket_id(self) -> str:
@@ -397,6 +404,10 @@ def upgrade(url: str | Engine, revision: str = "head") -> None:
     cfg.set_main_option("script_location", str(Path(__file__).resolve().parent / "migrations"))
     if isinstance(url, Engine):
         with url.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # API and workers may start together on a fresh database: one migrates,
+                # the others wait here and then find nothing to do
+                conn.execute(text("SELECT pg_advisory_xact_lock(20261123)"))
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
     else:
@@ -421,6 +432,16 @@ class TicketPage:
     def next_offset(self) -> int | None:
         end = self.offset + len(self.items)
         return end if end < self.total else None
+
+
+@dataclass
+class JobStats:
+    counts: dict[tuple[str, str], int]  # (status, queue) -> jobs
+    audio_seconds: float  # summed over done jobs
+    processing_seconds: float
+    measured_jobs: int
+    outbox_pending: int
+    outbox_parked: int
 
 
 class Store:
@@ -534,19 +555,25 @@ class Store:
         with self.session() as s:
             return s.get(Job, job_id)
 
-    def claim_job(self, job_id: str, *, lease: timedelta | float = 900.0,
-                  max_attempts: int | None = None, now: datetime | None = None) -> Job | None:
+    def claim_job(self, job_id: str, *, lease: timedelta | float = 120.0,
+                  max_attempts: int | None = None, worker: str | None = None,
+                  force: bool = False, now: datetime | None = None) -> Job | None:
         """queued -> running (attempts + 1); None if another worker has it or it is over.
 
-        A job left 'running' longer than `lease` (seconds or a timedelta) is taken to
-        belong to a dead worker and may be claimed again. One conditional UPDATE, so
-        exactly one of several concurrent claimers sees rowcount 1.
+        A running job whose heartbeat (`heartbeat`) is older than `lease` (seconds or a
+        timedelta) belongs to a dead worker and may be claimed again; so may any running
+        job with `force` (the broker redelivered the task because its worker died). One
+        conditional UPDATE, so exactly one of several concurrent claimers gets it.
         """
         now = now or utcnow()
         if not isinstance(lease, timedelta):
             lease = timedelta(seconds=lease)
-        claimable = or_(Job.status == "queued",
-                        (Job.status == "running") & (Job.started_at < now - lease))
+        last_sign = func.coalesce(Job.heartbeat_at, Job.started_at)
+        if force:
+            claimable = Job.status.in_(("queued", "running"))
+        else:
+            claimable = or_(Job.status == "queued",
+                            (Job.status == "running") & (last_sign < now - lease))
         conditions = [Job.id == job_id, claimable]
         if max_attempts is not None:
             conditions.append(Job.attempts < max_attempts)
@@ -554,14 +581,100 @@ class Store:
             result = s.execute(
                 update(Job).where(*conditions)
                 .values(status="running", attempts=Job.attempts + 1, started_at=now,
-                        finished_at=None)
+                        heartbeat_at=now, worker=worker, finished_at=None)
                 .execution_options(synchronize_session=False)
             )
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 return None
             return s.get(Job, job_id, populate_existing=True)
 
-    def finish_job(self, job_id: str, ticket: Ticket, *, now: datetime | None = None) -> TicketRow:
+    def heartbeat(self, job_id: str, attempt: int, *, now: datetime | None = None) -> bool:
+        """Keep a running job's lease; False once it is no longer ours (re-claimed, over)."""
+        with self.session() as s:
+            result = s.execute(
+                update(Job).where(Job.id == job_id, Job.status == "running",
+                                  Job.attempts == attempt)
+                .values(heartbeat_at=now or utcnow())
+                .execution_options(synchronize_session=False)
+            )
+            return result.rowcount == 1  # type: ignore[attr-defined]
+
+    def next_queued_job(self, *, queues: Sequence[str] = JOB_QUEUES) -> str | None:
+        """The job to run next in-process: the first queue in `queues` wins, then age."""
+        with self.session() as s:
+            for queue in queues:
+                job_id = s.scalar(select(Job.id).where(Job.status == "queued",
+                                                       Job.queue == queue)
+                                  .order_by(Job.created_at, Job.id).limit(1))
+                if job_id is not None:
+                    return job_id
+        return None
+
+    def mark_enqueued(self, job_ids: Sequence[str], *, now: datetime | None = None) -> None:
+        if not job_ids:
+            return
+        with self.session() as s:
+            s.execute(update(Job).where(Job.id.in_(list(job_ids)))
+                      .values(enqueued_at=now or utcnow())
+                      .execution_options(synchronize_session=False))
+
+    def jobs_to_enqueue(self, *, enqueued_before: datetime | None = None,
+                        limit: int = 500) -> list[Job]:
+        """Queued jobs never handed to the broker, and with `enqueued_before` also those
+        handed over before then (their message may have died with a restarted broker)."""
+        cond = Job.enqueued_at.is_(None)
+        if enqueued_before is not None:
+            cond = or_(cond, Job.enqueued_at < enqueued_before)
+        with self.session() as s:
+            return list(s.scalars(select(Job).where(Job.status == "queued", cond)
+                                  .order_by(Job.created_at, Job.id).limit(limit)))
+
+    def requeue_stale_running(self, lease: timedelta | float, *,
+                              now: datetime | None = None) -> list[str]:
+        """Running jobs whose worker stopped beating go back to queued (not yet handed
+        to the broker again); returns their ids."""
+        now = now or utcnow()
+        if not isinstance(lease, timedelta):
+            lease = timedelta(seconds=lease)
+        last_sign = func.coalesce(Job.heartbeat_at, Job.started_at)
+        with self.session() as s:
+            ids = list(s.scalars(select(Job.id).where(Job.status == "running",
+                                                      last_sign < now - lease)))
+            if ids:
+                s.execute(update(Job).where(Job.id.in_(ids), Job.status == "running",
+                                            last_sign < now - lease)
+                          .values(status="queued", enqueued_at=None, worker=None)
+                          .execution_options(synchronize_session=False))
+        return ids
+
+    def job_stats(self) -> JobStats:
+        """Counts by (status, queue) and totals of the work done, for /metrics."""
+        with self.session() as s:
+            counts = {(st, q): int(n) for st, q, n in s.execute(
+                select(Job.status, Job.queue, func.count()).group_by(Job.status, Job.queue))}
+            audio, processing, measured = s.execute(
+                select(func.coalesce(func.sum(Job.audio_seconds), 0.0),
+                       func.coalesce(func.sum(Job.processing_seconds), 0.0),
+                       func.count(Job.processing_seconds))
+                .where(Job.status == "done")
+            ).one()
+            outbox = s.scalar(select(func.count()).select_from(OutboxEvent)
+                              .where(OutboxEvent.sent_at.is_(None),
+                                     OutboxEvent.parked_at.is_(None)))
+            parked = s.scalar(select(func.count()).select_from(OutboxEvent)
+                              .where(OutboxEvent.parked_at.is_not(None),
+                                     OutboxEvent.sent_at.is_(None)))
+        return JobStats(counts=counts, audio_seconds=float(audio),
+                        processing_seconds=float(processing), measured_jobs=int(measured),
+                        outbox_pending=int(outbox or 0), outbox_parked=int(parked or 0))
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def finish_job(self, job_id: str, ticket: Ticket, *, audio_seconds: float | None = None,
+                   processing_seconds: float | None = None,
+                   now: datetime | None = None) -> TicketRow:
         """Job done + ticket + segments + outbox event, all in one transaction.
 
         Idempotent: for a job already done, the stored ticket comes back and nothing
@@ -574,7 +687,8 @@ class Store:
             result = s.execute(
                 update(Job).where(Job.id == job_id, Job.status != "done")
                 .values(status="done", ticket_id=ticket.id, finished_at=now,
-                        failure_code=None, failure_reason=None)
+                        failure_code=None, failure_reason=None, heartbeat_at=None,
+                        audio_seconds=audio_seconds, processing_seconds=processing_seconds)
                 .execution_options(synchronize_session=False)
             )
             if result.rowcount != 1:  # type: ignore[attr-defined]
@@ -606,7 +720,8 @@ class Store:
             result = s.execute(
                 update(Job).where(Job.id == job_id, Job.status != "done")
                 .values(status="queued" if retry else "failed", failure_code=code[:64],
-                        failure_reason=reason[:4000], finished_at=None if retry else now)
+                        failure_reason=reason[:4000], finished_at=None if retry else now,
+                        heartbeat_at=None)
                 .execution_options(synchronize_session=False)
             )
             return result.rowcount == 1  # type: ignore[attr-defined]
@@ -636,6 +751,7 @@ class Store:
         source: str | None = None,
         created_from: datetime | None = None,
         created_to: datetime | None = None,
+        submitter_id: str | None = None,
         limit: int = 50,
         offset: int = 0,
         oldest_first: bool = False,
@@ -644,6 +760,7 @@ class Store:
 
         `category` matches the code or, given a prefix like "city", every code under
         it ("city.sanitation"). The created range is half-open: [from, to).
+        `submitter_id`: only tickets of that key's uploads.
         """
         if not 1 <= limit <= 500:
             raise ValueError("limit must be 1..500")
@@ -667,6 +784,9 @@ class Store:
             conditions.append(TicketRow.created_at >= created_from)
         if created_to is not None:
             conditions.append(TicketRow.created_at < created_to)
+        if submitter_id is not None:
+            conditions.append(TicketRow.job_id.in_(
+                select(Job.id).where(Job.submitter_id == submitter_id)))
         order = ((TicketRow.created_at.asc(), TicketRow.id.asc()) if oldest_first
                  else (TicketRow.created_at.desc(), TicketRow.id.desc()))
         with self.session() as s:
