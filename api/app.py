@@ -135,17 +135,28 @@ class UploadSizeLimit:
             await response(scope, receive, send)
             return
         seen = 0
+        refused: str | None = None
 
         async def counted() -> Message:
-            nonlocal seen
+            nonlocal seen, refused
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise BodyTooLarge(self._message(seen, at_least=True))
+                    refused = self._message(seen, at_least=True)
+                    raise BodyTooLarge(refused)
             return message
 
-        await self.app(scope, counted, send)
+        async def guarded_send(message: Message) -> None:
+            # FastAPI turns any error while it parses a form into its own 400; the
+            # answer to a body over the limit is ours to give
+            if refused is None:
+                await send(message)
+            elif message["type"] == "http.response.start":
+                await error_response(413, "too_large", refused,
+                                     headers={"Connection": "close"})(scope, receive, send)
+
+        await self.app(scope, counted, guarded_send)
 
     def _message(self, size: int, at_least: bool = False) -> str:
         limit_mb = (self.max_bytes - _FORM_OVERHEAD) / 1024 / 1024
