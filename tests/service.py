@@ -52,6 +52,8 @@ def service_env(data_dir: Path, **extra: str) -> dict[str, str]:
         "MINYIN_CPU_THREADS": "2",
         "PYTHONPATH": str(ROOT),
         "PYTHONUNBUFFERED": "1",
+        # tests poll job status 5 times a second; the 429 test sets its own upload limit
+        "MINYIN_RATE_LIMIT": "100000/minute",
     })
     env.update(extra)
     return env
