@@ -337,3 +337,29 @@ def test_rate_limit_answers_429(api: Api) -> None:
     assert int(last.headers["retry-after"]) >= 1
     # reading is a separate, larger allowance
     assert api.http.get("/v1/tickets", headers=auth(key)).status_code == 200
+
+
+def test_embedded_server_killed_mid_job_finishes_it_after_restart(tmp_path: Path) -> None:
+    """Embedded mode: the job threads die with the server; the store keeps the job,
+    and the restarted server takes it over once its lease ran out."""
+    env = service_env(tmp_path, MINYIN_JOB_LEASE_SECONDS="4")
+    key = make_key(env, "submitter")
+    server = Api(env, tmp_path / "serve.log")
+    try:
+        r = server.upload(key, SAMPLES / "07_hotline_call_manhole_8k_stereo.wav")
+        assert r.status_code == 202
+        job_id = r.json()["job_id"]
+        wait_until(lambda: server.job(key, job_id)["status"] == "running", 60, 0.05,
+                   "the job to start")
+    finally:
+        server.proc.kill()  # SIGKILL, mid-job
+        server.http.close()
+    again = Api(env, tmp_path / "serve2.log")
+    try:
+        job = again.wait_job(key, job_id, timeout=240)
+        assert job["status"] == "done" and job["attempts"] == 2
+        listed = again.http.get("/v1/tickets", headers=auth(key)).json()
+        assert [t["id"] for t in listed["items"]] == [job["ticket_id"]]
+        assert listed["items"][0]["source"] == "hotline"
+    finally:
+        again.close()

@@ -659,3 +659,60 @@ def test_permanently_refused_event_is_parked(store: Store) -> None:
     assert parked.parked_at is not None and parked.sent_at is None
     store.requeue_event(parked.id)
     assert len(store.pending_outbox(now=later)) == 1
+
+
+# --------------------------------------------------------------------------------------
+# Leases, hand-off and the job queue the workers use
+# --------------------------------------------------------------------------------------
+
+
+def test_heartbeat_keeps_the_lease_and_force_takes_over(store: Store) -> None:
+    job, _ = store.create_job(audio_sha256=sha(1))
+    first = store.claim_job(job.id, now=T0, lease=60, worker="a:1")
+    assert first is not None and first.worker == "a:1"
+    # beating at +50 s keeps it ours at +100 s
+    assert store.heartbeat(job.id, first.attempts, now=T0 + timedelta(seconds=50))
+    assert store.claim_job(job.id, now=T0 + timedelta(seconds=100), lease=60) is None
+    # the broker redelivered: the holder is dead, whatever its last beat said
+    taken = store.claim_job(job.id, now=T0 + timedelta(seconds=101), lease=60,
+                            worker="b:2", force=True)
+    assert taken is not None and taken.attempts == 2 and taken.worker == "b:2"
+    assert not store.heartbeat(job.id, first.attempts)  # the old holder learns it lost
+    assert store.heartbeat(job.id, taken.attempts)
+
+
+def test_stale_running_jobs_are_requeued_and_handed_over_again(store: Store) -> None:
+    a, _ = store.create_job(audio_sha256=sha(1))
+    b, _ = store.create_job(audio_sha256=sha(2))
+    store.mark_enqueued([a.id, b.id], now=T0)
+    store.claim_job(a.id, now=T0, lease=60)
+    assert [j.id for j in store.jobs_to_enqueue()] == []
+    # b's message may have died with the broker: re-sent when asked for older hand-offs
+    assert [j.id for j in store.jobs_to_enqueue(enqueued_before=T0 + timedelta(1))] == [b.id]
+    assert store.requeue_stale_running(60, now=T0 + timedelta(seconds=30)) == []
+    assert store.requeue_stale_running(60, now=T0 + timedelta(seconds=61)) == [a.id]
+    again = store.get_job(a.id)
+    assert again is not None and again.status == "queued" and again.enqueued_at is None
+    assert [j.id for j in store.jobs_to_enqueue()] == [a.id]
+
+
+def test_next_queued_job_takes_voice_before_batch(store: Store) -> None:
+    bulk, _ = store.create_job(audio_sha256=sha(1), queue="batch", now=T0)
+    voice, _ = store.create_job(audio_sha256=sha(2), queue="voice",
+                                now=T0 + timedelta(minutes=5))
+    assert store.next_queued_job() == voice.id
+    store.claim_job(voice.id)
+    assert store.next_queued_job() == bulk.id
+    assert store.next_queued_job(queues=["voice"]) is None
+
+
+def test_job_stats_sum_the_work(store: Store) -> None:
+    job, _ = store.create_job(audio_sha256=sha(1), client_ref="r1")
+    store.create_job(audio_sha256=sha(2), queue="batch")
+    store.claim_job(job.id)
+    store.finish_job(job.id, make_ticket(job), audio_seconds=15.0, processing_seconds=3.0)
+    stats = store.job_stats()
+    assert stats.counts == {("done", "voice"): 1, ("queued", "batch"): 1}
+    assert (stats.audio_seconds, stats.processing_seconds) == (15.0, 3.0)
+    assert stats.outbox_pending == 1 and stats.outbox_parked == 0
+    store.ping()
