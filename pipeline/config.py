@@ -83,8 +83,9 @@ class Settings(BaseSettings):
     worker_concurrency: int = 1  # Celery worker processes per `minyin worker` (model each)
 
     # --- API ---
-    # per key, in `limits` notation ("60/minute", "10/second;500/hour")
-    rate_limit: str = "120/minute"
+    # per key, in `limits` notation ("60/minute", "10/second;500/hour"); reads include
+    # status polling, so a phone back end with many notes in flight needs room
+    rate_limit: str = "600/minute"
     upload_rate_limit: str = "30/minute"
 
     @property

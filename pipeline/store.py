@@ -495,10 +495,11 @@ class Store:
     ) -> tuple[Job, bool]:
         """(job, created). An existing job comes back instead of a duplicate when
 
-        - the same submitter already used this client_ref (any age, any status), or
-        - the same submitter sent the same audio within `dedup_window` (minutes, or a
-          timedelta; None turns it off) and that job has not failed: a resend after a
-          failure is a retry and gets a new job.
+        - a client_ref is given: the same submitter already used it (any age, any status:
+          an idempotency key always answers with its first result), or
+        - no client_ref: the same submitter sent the same audio within `dedup_window`
+          (minutes, or a timedelta; None turns it off) and that job has not failed (a
+          resend after a failure is a retry and gets a new job).
         """
         if queue not in JOB_QUEUES:
             raise ValueError(f"queue must be one of {JOB_QUEUES}")
@@ -538,9 +539,9 @@ class Store:
                           else Job.submitter_id == submitter_id)
         with self.session() as s:
             if client_ref is not None:
-                job = s.scalar(select(Job).where(same_submitter, Job.client_ref == client_ref))
-                if job is not None:
-                    return job
+                # the client's own idempotency key decides alone: a new ref with the same
+                # recording is a deliberate new submission
+                return s.scalar(select(Job).where(same_submitter, Job.client_ref == client_ref))
             if window is not None:
                 return s.scalar(
                     select(Job)

@@ -245,6 +245,10 @@ def test_dedup_by_audio_hash_within_window(store: Store) -> None:
     same, created = store.create_job(audio_sha256=sha(1), submitter_id=a.id,
                                      now=T0 + timedelta(minutes=9), dedup_window=10)
     assert not created and same.id == first.id
+    # with a client_ref of its own, the same recording is a deliberate new submission
+    fresh, created = store.create_job(audio_sha256=sha(1), submitter_id=a.id,
+                                      client_ref="new-ref", now=T0 - timedelta(minutes=30))
+    assert created and fresh.id != first.id
     later, created = store.create_job(audio_sha256=sha(1), submitter_id=a.id,
                                       now=T0 + timedelta(minutes=11), dedup_window=10)
     assert created and later.id != first.id
