@@ -222,8 +222,11 @@ def serve(
     settings = get_settings()
     mode = "distributed (Celery on Redis)" if settings.redis_url else "embedded"
     err.print(f"minyin API on http://{host}:{port} ({mode}); docs at /docs")
+    # keep-alive well above a client's polling interval: with uvicorn's 5 s default a
+    # pooled connection is closed just as a client reuses it (ReadError under load)
     uvicorn.run(create_app(settings, maintenance=relay), host=host, port=port,
-                log_level="info", access_log=False, timeout_graceful_shutdown=10)
+                log_level="info", access_log=False, timeout_graceful_shutdown=10,
+                timeout_keep_alive=75)
 
 
 @app.command()

@@ -42,10 +42,10 @@ class Deployment:
     def __init__(self, tmp: Path, pg_url: str, **extra: str) -> None:
         self.tmp = tmp
         self.redis = PrivateRedis(tmp)
-        self.env = service_env(
-            tmp / "data", MINYIN_REDIS_URL=self.redis.url, MINYIN_DATABASE_URL=pg_url,
-            MINYIN_REDIS_PREFIX=PREFIX, MINYIN_JOB_LEASE_SECONDS="8",
-            MINYIN_UPLOAD_RATE_LIMIT="1000/minute", **extra)
+        env = {"MINYIN_REDIS_URL": self.redis.url, "MINYIN_DATABASE_URL": pg_url,
+               "MINYIN_REDIS_PREFIX": PREFIX, "MINYIN_JOB_LEASE_SECONDS": "8",
+               "MINYIN_UPLOAD_RATE_LIMIT": "1000/minute", **extra}
+        self.env = service_env(tmp / "data", **env)
         self.settings = Settings(data_dir=tmp / "data", redis_url=self.redis.url,
                                  database_url=pg_url, redis_prefix=PREFIX)
         self.store = Store.from_settings(self.settings, migrate=True)
@@ -185,10 +185,22 @@ def test_whole_worker_killed_then_replaced(deploy: Deployment) -> None:
     assert deploy.tickets_for(job_id) == 1
 
 
-def test_redis_stopped_while_uploads_arrive(deploy: Deployment) -> None:
+def test_redis_stopped_while_uploads_arrive(tmp_path: Path, pg_url: str) -> None:
+    deploy = Deployment(tmp_path, pg_url, MINYIN_OUTBOX_RETRY_BASE_SECONDS="1")
+    try:
+        _redis_outage(deploy)
+    finally:
+        deploy.close()
+
+
+def _redis_outage(deploy: Deployment) -> None:
     api = deploy.start_api()
     deploy.start_worker()
     deploy.wait_workers(1)
+    # a job in flight when Redis goes: it finishes into the store and its ticket waits
+    # in the outbox
+    running = api.upload(deploy.key, CALL).json()["job_id"]
+    wait_until(lambda: deploy.job(running).status == "running", 60, 0.05, "the job to start")
     deploy.redis.stop()
     answers = [api.upload(deploy.key, path, client_ref=f"outage-{i}")
                for i, path in enumerate([NOTE, SAMPLES / "05_garbage_not_collected.wav",
@@ -200,12 +212,15 @@ def test_redis_stopped_while_uploads_arrive(deploy: Deployment) -> None:
     assert api.http.get("/readyz").status_code == 503
     for job_id in accepted:
         assert deploy.job(job_id).status == "queued"
+    wait_until(lambda: deploy.job(running).status == "done", 240, 0.2,
+               "the running job to finish without Redis")
+    assert deploy.store.job_stats().outbox_pending == 1  # not published: no Redis
     deploy.redis.start()  # an empty Redis: no queue, no stream survived
     restarted = time.monotonic()
     for job_id in accepted:
         job = api.wait_job(deploy.key, job_id, timeout=240)
         assert job["status"] == "done", deploy.logs()
-
+    accepted.append(running)
     client = redis.Redis.from_url(deploy.redis.url, decode_responses=True)
 
     def all_published() -> bool:
@@ -213,9 +228,11 @@ def test_redis_stopped_while_uploads_arrive(deploy: Deployment) -> None:
         ids = {json.loads(fields["body"])["ticket_id"] for _, fields in entries}
         return {deploy.job(j).ticket_id for j in accepted} <= ids
 
-    wait_until(all_published, 60, 0.5, "the outbox to drain into the restarted Redis")
+    wait_until(all_published, 90, 0.5, "the outbox to drain into the restarted Redis")
     print(f"all {len(accepted)} published {time.monotonic() - restarted:.1f} s after "
           "Redis came back")
+    assert deploy.tickets_for(running) == 1
+    client.close()
 
 
 def test_voice_notes_go_before_queued_bulk_work(deploy: Deployment, tmp_path: Path) -> None:
