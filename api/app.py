@@ -24,7 +24,7 @@ from api import errors
 from api.auth import Caller, RateLimits, require, upload_rate
 from api.errors import COMMON_ERRORS, ApiError, ErrorBody, error_response
 from api.metrics import StoreCollector
-from asr.profiles import ProfileError, available_profiles, load_profile
+from asr.profiles import available_profiles
 from pipeline.audio import AudioError, sniff_format
 from pipeline.blobs import BlobStore
 from pipeline.config import Settings, get_settings
@@ -298,13 +298,12 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
     ) -> JSONResponse:
         if (lat is None) != (lon is None):
             raise ApiError(422, "invalid_request", "give both lat and lon, or neither")
-        if dialect:
-            try:
-                load_profile(dialect)
-            except (ProfileError, FileNotFoundError, OSError):
-                raise ApiError(422, "unknown_dialect",
-                               f"no dialect profile '{dialect}'; known: "
-                               f"{', '.join(available_profiles())}") from None
+        # only installed profiles by name: load_profile also takes paths, which a client
+        # must not be able to point at files on the server
+        if dialect and dialect not in available_profiles():
+            raise ApiError(422, "unknown_dialect",
+                           f"no dialect profile '{dialect}'; known: "
+                           f"{', '.join(available_profiles())}")
         settings_: Settings = request.app.state.settings
         try:
             accepted = await run_in_threadpool(

@@ -281,10 +281,14 @@ def test_bad_uploads_are_refused_with_a_code(api: Api, keys: dict[str, str],
         post(api, key, "n.wav", NOTE2.read_bytes(), lat="29.4"),
         post(api, key, "n.wav", NOTE2.read_bytes(), lat="95", lon="10"),
         post(api, key, "n.wav", NOTE2.read_bytes(), dialect="klingon"),
+        post(api, key, "n.wav", NOTE2.read_bytes(), dialect="/etc/passwd"),
+        post(api, key, "n.wav", NOTE2.read_bytes(),
+             dialect="../asr/data/profiles/mandarin.yaml"),
     ]
     for r in form_errors:
         assert r.status_code == 422, r.text
-    assert form_errors[3].json()["error"]["code"] == "unknown_dialect"
+    for r in form_errors[3:]:
+        assert r.json()["error"]["code"] == "unknown_dialect"
 
 
 def test_path_traversal_filename_is_kept_as_a_plain_name(
