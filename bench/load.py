@@ -475,6 +475,8 @@ def main(
     job_timeout: Annotated[float, typer.Option(help="give up on a job after (s)")] = 900.0,
     ready_timeout: Annotated[float, typer.Option(help="wait for /readyz at most (s)")
                              ] = 300.0,
+    plain: Annotated[bool, typer.Option(help="also time plain faster-whisper on the same "
+                                             "audio, for the ratios")] = True,
 ) -> None:
     """Start a private deployment per worker count, load it with uploads, print a table."""
     if mode not in ("distributed", "embedded"):
@@ -506,7 +508,7 @@ def main(
     report: dict[str, Any] = {
         "mode": mode, "set": set_, "clips": len(clips), "concurrency": concurrency,
         "uploads": n_uploads, "cores": cores, "poll_s": poll, "poll_queued_s": poll_queued,
-        "runs": [], "probe": None,
+        "runs": [], "probe": None, "plain": None,
     }
     for i, w in enumerate(plan):
         measure_load = w in counts and n_uploads > 0
@@ -551,11 +553,49 @@ def main(
             err.print(f"W={w}: stopping", highlight=False)
             dep.stop()
 
+    if plain:
+        err.print("plain faster-whisper on the same audio (baseline)", highlight=False)
+        report["plain"] = run_plain(clips, probe_clips if latency_probe else [], cores)
     print_report(report)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n")
         err.print(f"wrote {json_path}", highlight=False)
+
+
+def run_plain(clips: list[Clip], probe_clips: list[Clip], cores: int) -> dict[str, Any]:
+    """Plain faster-whisper on the same audio, in this process: each clip once, in turn
+    (the throughput baseline), and each probe clip (the latency baseline). As
+    bench/compare.py: ``WhisperModel(model, cpu_threads=cores).transcribe(f, beam_size=5)``."""
+    import io
+
+    from faster_whisper import WhisperModel
+
+    from pipeline.audio import decode_audio
+    from pipeline.config import Settings
+    from pipeline.process import VoicePipeline
+
+    model = WhisperModel(VoicePipeline(Settings()).model_ref.path, device="cpu",
+                         cpu_threads=cores)
+
+    def one(clip: Clip) -> float:
+        t0 = time.perf_counter()
+        try:
+            segments, _ = model.transcribe(io.BytesIO(clip.data), beam_size=5)
+            "".join(seg.text for seg in segments)
+        except Exception:  # plain faster-whisper cannot open SILK: give it PCM
+            audio = decode_audio(clip.data, split_channels=False).mono
+            segments, _ = model.transcribe(audio, beam_size=5)
+            "".join(seg.text for seg in segments)
+        return time.perf_counter() - t0
+
+    one(clips[0])  # warm-up, as the service gets one
+    seconds = [one(c) for c in clips]
+    probe = [one(c) for c in probe_clips]
+    return {"audio_s": sum(c.duration_s for c in clips), "wall_s": sum(seconds),
+            "audio_s_per_s": sum(c.duration_s for c in clips) / sum(seconds),
+            "probe_p50_s": pct(probe, 50), "probe_p95_s": pct(probe, 95),
+            "cpu_threads": cores}
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -590,6 +630,21 @@ def print_report(report: dict[str, Any]) -> None:
                   f"p50 {_f(probe['latency_p50_s'])} s, p95 {_f(probe['latency_p95_s'])} s "
                   f"(server-stamped p95 {_f(probe['latency_server_p95_s'])} s), "
                   f"errors {probe['errors']}; target p95 < 4 s", highlight=False)
+    base_plain = report.get("plain")
+    if base_plain:
+        out.print(f"plain faster-whisper, same audio, one clip at a time, "
+                  f"{base_plain['cpu_threads']} threads: {base_plain['audio_s_per_s']:.2f} "
+                  f"audio s/s", highlight=False)
+        for r in runs:
+            out.print(f"  service W={r['workers']} throughput / plain: "
+                      f"{r['audio_s_per_s'] / base_plain['audio_s_per_s']:.2f}x",
+                      highlight=False)
+        if probe is not None and base_plain["probe_p95_s"]:
+            out.print(f"  probe: plain transcribe p50 {_f(base_plain['probe_p50_s'])} s, "
+                      f"p95 {_f(base_plain['probe_p95_s'])} s; service upload-to-ticket "
+                      f"p95 / plain p95 = "
+                      f"{probe['latency_p95_s'] / base_plain['probe_p95_s']:.2f}",
+                      highlight=False)
 
 
 if __name__ == "__main__":
