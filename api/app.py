@@ -206,7 +206,7 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
         version="1",
         summary="Citizens' voice complaints to structured tickets",
         description="Upload a voice note, follow its job, read the ticket. Every route "
-        "but /healthz and /readyz needs `Authorization: Bearer <API key>` "
+        "but /healthz, /readyz and this documentation needs `Authorization: Bearer <API key>` "
         "(`minyin keys create`). Errors are `{\"error\": {\"code\", \"message\"}}`.",
         lifespan=lifespan,
         responses=COMMON_ERRORS,
