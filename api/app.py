@@ -29,6 +29,7 @@ from pipeline.audio import AudioError, sniff_format
 from pipeline.blobs import BlobStore
 from pipeline.config import Settings, get_settings
 from pipeline.jobs import INTAKE_STATUS, JobContext, accept_upload, blob_store
+from pipeline.process import VoicePipeline
 from pipeline.store import ApiKey, Job, Store, TicketRow
 from workers.runtime import Dispatcher, Maintenance, make_dispatcher
 
@@ -179,7 +180,7 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
         if dispatcher is None:
             ctx = None if settings.redis_url else JobContext(
                 settings=settings, store=store, blobs=blobs,
-                pipeline=_pipeline(settings))
+                pipeline=VoicePipeline(settings))
             dispatcher = make_dispatcher(settings, ctx, store)
         app.state.settings = settings
         app.state.store = store
@@ -421,9 +422,3 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
                 "dialects": available_profiles()}
 
     return app
-
-
-def _pipeline(settings: Settings) -> Any:
-    from pipeline.process import VoicePipeline
-
-    return VoicePipeline(settings)

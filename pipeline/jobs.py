@@ -187,7 +187,7 @@ def run_job(ctx: JobContext, job_id: str, *, force: bool = False) -> JobRun:
                 raise AudioError("not_found", "the stored original is missing",
                                  job.audio_filename or job.audio_sha256[:12])
             outcome = ctx.pipeline.process(path, name=job.audio_filename or "<upload>",
-                                           dialect=job.dialect)
+                                           dialect=job.dialect, sha256=job.audio_sha256)
             ticket_id = job.planned_ticket_id
             ticket = ticket_from_outcome(
                 outcome, phone=job.phone, address=job.address, lat=job.lat, lon=job.lon,

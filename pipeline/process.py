@@ -158,12 +158,15 @@ class VoicePipeline:
         return Outcome(transcript, decoded, reports, timings)
 
     def process(self, source: str | os.PathLike | bytes, *, name: str | None = None,
-                dialect: str | None = None, roles: dict[int, str] | None = None) -> Outcome:
+                dialect: str | None = None, roles: dict[int, str] | None = None,
+                sha256: str | None = None) -> Outcome:
+        """`sha256`: the source's hash when the caller already knows it (a stored blob
+        is named by it), so a large file is not read a second time to hash it."""
         t0 = time.perf_counter()
         decoded = self.decode(source, name=name)
         t1 = time.perf_counter()
         outcome = self.transcribe(decoded, dialect=dialect, roles=roles)
-        outcome.sha256 = content_sha256(source)
+        outcome.sha256 = sha256 or content_sha256(source)
         outcome.timings["decode"] = round(t1 - t0, 4)
         outcome.timings["total"] = round(time.perf_counter() - t0, 4)
         return outcome
