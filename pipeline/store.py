@@ -17,10 +17,12 @@ Concurrency rules the workers rely on:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import re
 import secrets
+import threading
 import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -448,6 +450,7 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.sessions = sessionmaker(engine, expire_on_commit=False)
+        self._sqlite_dedup_lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str, *, migrate: bool = False) -> Store:
@@ -510,10 +513,6 @@ class Store:
         if isinstance(dedup_window, (int, float)):
             dedup_window = timedelta(minutes=dedup_window)
 
-        existing = self._find_duplicate(submitter_id, client_ref, audio_sha256,
-                                        dedup_window, now)
-        if existing is not None:
-            return existing, False
         job = Job(
             id=new_job_id(now), status="queued", queue=queue, submitter_id=submitter_id,
             client_ref=client_ref, audio_sha256=audio_sha256,
@@ -521,35 +520,54 @@ class Store:
             dialect=dialect, phone=phone.strip() if phone else None, lat=lat, lon=lon,
             address=address, submitted_at=submitted_at, attempts=0, created_at=now,
         )
+        by_audio = client_ref is None and dedup_window is not None
         try:
-            with self.session() as s:
+            # the audio-window check and the insert must not interleave with a concurrent
+            # upload of the same recording (a double tap): serialise them per submitter
+            # and recording. client_refs need no lock: a unique index backs them.
+            with self._dedup_lock(by_audio), self.session() as s:
+                if by_audio and s.get_bind().dialect.name == "postgresql":
+                    s.execute(select(func.pg_advisory_xact_lock(
+                        func.hashtext(f"{submitter_id}:{audio_sha256}"))))
+                existing = self._find_duplicate(s, submitter_id, client_ref, audio_sha256,
+                                                dedup_window, now)
+                if existing is not None:
+                    return existing, False
                 s.add(job)
         except IntegrityError:
             # a concurrent submission with the same client_ref won the unique index
-            existing = self._find_duplicate(submitter_id, client_ref, audio_sha256, None, now)
+            with self.session() as s:
+                existing = self._find_duplicate(s, submitter_id, client_ref, audio_sha256,
+                                                None, now)
             if existing is None:
                 raise
             return existing, False
         return job, True
 
-    def _find_duplicate(self, submitter_id: str | None, client_ref: str | None,
+    def _dedup_lock(self, needed: bool) -> contextlib.AbstractContextManager[Any]:
+        # SQLite: one process writes (embedded mode), so a process lock is enough
+        if needed and self.engine.dialect.name == "sqlite":
+            return self._sqlite_dedup_lock
+        return contextlib.nullcontext()
+
+    @staticmethod
+    def _find_duplicate(s: Session, submitter_id: str | None, client_ref: str | None,
                         audio_sha256: str, window: timedelta | None,
                         now: datetime) -> Job | None:
         same_submitter = (Job.submitter_id.is_(None) if submitter_id is None
                           else Job.submitter_id == submitter_id)
-        with self.session() as s:
-            if client_ref is not None:
-                # the client's own idempotency key decides alone: a new ref with the same
-                # recording is a deliberate new submission
-                return s.scalar(select(Job).where(same_submitter, Job.client_ref == client_ref))
-            if window is not None:
-                return s.scalar(
-                    select(Job)
-                    .where(same_submitter, Job.audio_sha256 == audio_sha256,
-                           Job.created_at >= now - window, Job.status != "failed")
-                    .order_by(Job.created_at.desc(), Job.id.desc())
-                    .limit(1)
-                )
+        if client_ref is not None:
+            # the client's own idempotency key decides alone: a new ref with the same
+            # recording is a deliberate new submission
+            return s.scalar(select(Job).where(same_submitter, Job.client_ref == client_ref))
+        if window is not None:
+            return s.scalar(
+                select(Job)
+                .where(same_submitter, Job.audio_sha256 == audio_sha256,
+                       Job.created_at >= now - window, Job.status != "failed")
+                .order_by(Job.created_at.desc(), Job.id.desc())
+                .limit(1)
+            )
         return None
 
     def get_job(self, job_id: str) -> Job | None:

@@ -720,3 +720,28 @@ def test_job_stats_sum_the_work(store: Store) -> None:
     assert (stats.audio_seconds, stats.processing_seconds) == (15.0, 3.0)
     assert stats.outbox_pending == 1 and stats.outbox_parked == 0
     store.ping()
+
+
+def test_concurrent_uploads_of_one_recording_make_one_job(store: Store) -> None:
+    """A double tap: the same recording from one submitter, at the same moment, with and
+    without a client_ref."""
+    import threading
+
+    _, key = store.create_api_key("app", "submitter")
+    for client_ref in (None, "tap-1"):
+        barrier = threading.Barrier(6)
+        results: list[tuple[str, bool]] = []
+
+        def submit(ref: str | None = client_ref) -> None:
+            barrier.wait()
+            job, created = store.create_job(audio_sha256=sha(f"tap{ref}"),
+                                            submitter_id=key.id, client_ref=ref)
+            results.append((job.id, created))
+
+        threads = [threading.Thread(target=submit) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len({job_id for job_id, _ in results}) == 1, (client_ref, results)
+        assert sum(created for _, created in results) == 1
