@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -71,19 +70,6 @@ def expand_inputs(paths: list[Path]) -> list[Path]:
     return out
 
 
-def _srt(transcript) -> str:
-    import srt
-
-    from pipeline.process import ROLE_LABELS
-
-    subs = [srt.Subtitle(index=i, start=timedelta(seconds=seg.start),
-                         end=timedelta(seconds=max(seg.end, seg.start + 0.2)),
-                         content=(f"{ROLE_LABELS.get(seg.speaker, seg.speaker)}：{seg.text}"
-                                  if seg.speaker else seg.text))
-            for i, seg in enumerate(transcript.segments, 1)]
-    return srt.compose(subs)
-
-
 @app.command()
 def transcribe(
     files: Annotated[list[Path], typer.Argument(
@@ -126,7 +112,10 @@ def transcribe(
                 body = "\n".join(dialogue_lines(outcome.transcript))
                 print(f"# {path}\n{body}" if len(files) > 1 else body, flush=True)
             elif srt_out:
-                print((f"# {path}\n" if len(files) > 1 else "") + _srt(outcome.transcript),
+                from pipeline.batch import srt_text
+
+                subs = srt_text(outcome.transcript.segments)
+                print((f"# {path}\n" if len(files) > 1 else "") + subs,
                       flush=True)
             else:
                 ticket = ticket_from_outcome(outcome, phone=phone, address=address)
@@ -194,6 +183,66 @@ def models_list() -> None:
         card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else {}
         print(json.dumps({"path": str(model_bin.parent.relative_to(root)), **card},
                          ensure_ascii=False))
+
+
+@app.command()
+def batch(
+    source: Annotated[Path, typer.Argument(
+        help="a directory of recordings (recursive) or a manifest (.csv/.jsonl with "
+             "path, call_id, caller, agent_id, started_at, caller_channel)")],
+    out: Annotated[Path, typer.Option("--out", help="output directory (one per batch: "
+                                                   "the same --out resumes it)")],
+    glob: Annotated[str | None, typer.Option(help="only files matching this glob, "
+                                                  "e.g. '*.wav'")] = None,
+    caller_channel: Annotated[int, typer.Option(
+        min=0, max=1, help="the stereo channel of the caller (a manifest row may say "
+                           "otherwise)")] = 0,
+    distributed: Annotated[bool | None, typer.Option(
+        "--distributed/--embedded", help="fan out to `minyin worker`s on the Celery "
+        "batch queue (default when MINYIN_REDIS_URL is set) or run here")] = None,
+    dialect: Annotated[str | None, typer.Option(help="dialect profile")] = None,
+    include_contact: Annotated[bool, typer.Option(
+        help="write callers' full numbers into ticket.json (default: masked)")] = False,
+) -> None:
+    """Transcribe a night of hotline recordings into tickets, resumably."""
+    import dataclasses
+
+    from pipeline.batch import SourceError, read_source
+    from pipeline.config import get_settings
+    from workers.batch import run_batch
+
+    settings = get_settings()
+    if distributed is None:
+        distributed = bool(settings.redis_url)
+    if distributed and not settings.redis_url:
+        _fail("--distributed needs MINYIN_REDIS_URL (the broker the workers read)")
+    try:
+        items = read_source(source, glob)
+    except SourceError as e:
+        _fail(str(e))
+    if not items:
+        _fail(f"no recordings in {source}" + (f" matching {glob}" if glob else ""))
+    items = [it if it.caller_channel is not None else
+             dataclasses.replace(it, caller_channel=caller_channel) for it in items]
+    mode = "distributed (Celery batch queue)" if distributed else "embedded"
+    err.print(f"{len(items)} calls from {source} -> {out} ({mode})")
+    with _progress() as progress:
+        report = run_batch(settings, items, out, source=str(source), distributed=distributed,
+                           dialect=dialect, include_contact=include_contact,
+                           progress=progress if sys.stderr.isatty() else None)
+    failed = [r for r in report.rows if r.status == "failed"]
+    for r in failed:
+        err.print(f"[red]failed[/red] {r.call_id}: {r.error_code}: {r.error}", highlight=False)
+    hours = report.audio_s / 3600
+    summary = {"batch_id": report.batch_id, "calls": len(items), "done": report.count("done"),
+               "failed": len(failed), "skipped": report.count("skipped"),
+               "audio_hours": round(hours, 3), "wall_s": round(report.wall_s, 1),
+               "realtime_factor": (round(report.realtime_factor, 4)
+                                   if report.realtime_factor else None),
+               "summary_csv": str(out / "summary.csv")}
+    print(json.dumps(summary, ensure_ascii=False))
+    if failed:
+        raise typer.Exit(1)
 
 
 # --------------------------------------------------------------------------- service

@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal
 
 from pipeline.audio import AudioError, decode_audio
 from pipeline.blobs import BlobStore
@@ -83,8 +83,12 @@ def accept_upload(
     lat: float | None = None,
     lon: float | None = None,
     address: str | None = None,
+    **call: Any,
 ) -> Accepted:
     """Validate, store the original, create (or find) the job. Raises `AudioError`.
+
+    `call`: a hotline batch's fields (batch_id, call_id, source_path, agent_id,
+    caller_channel, submitted_at), stored on the job.
 
     The audio is decoded once here so that an unusable upload is refused while the
     client is still connected (a 4xx now instead of a failed job later); a 15 s voice
@@ -106,7 +110,7 @@ def accept_upload(
     job, created = store.create_job(
         audio_sha256=sha, submitter_id=submitter_id, client_ref=client_ref, queue=queue,
         audio_filename=filename, audio_bytes=size, dialect=dialect, phone=phone, lat=lat,
-        lon=lon, address=address, dedup_window=settings.dedup_window_minutes,
+        lon=lon, address=address, dedup_window=settings.dedup_window_minutes, **call,
     )
     return Accepted(job=job, created=created, duration_s=round(decoded.duration, 3),
                     format=decoded.format)
@@ -186,13 +190,15 @@ def run_job(ctx: JobContext, job_id: str, *, force: bool = False) -> JobRun:
             if not path.exists():
                 raise AudioError("not_found", "the stored original is missing",
                                  job.audio_filename or job.audio_sha256[:12])
+            caller = job.caller_channel or 0
             outcome = ctx.pipeline.process(path, name=job.audio_filename or "<upload>",
-                                           dialect=job.dialect, sha256=job.audio_sha256)
+                                           dialect=job.dialect, sha256=job.audio_sha256,
+                                           roles={caller: "caller", 1 - caller: "agent"})
             ticket_id = job.planned_ticket_id
             ticket = ticket_from_outcome(
                 outcome, phone=job.phone, address=job.address, lat=job.lat, lon=job.lon,
                 client_ref=job.client_ref, ticket_id=ticket_id,
-                media_url=f"/v1/tickets/{ticket_id}/audio",
+                media_url=f"/v1/tickets/{ticket_id}/audio", submitted_at=job.submitted_at,
                 review_confidence_below=settings.review_confidence_below,
             )
             elapsed = time.perf_counter() - t0

@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -183,6 +184,7 @@ def ticket_from_outcome(outcome: Outcome, *, phone: str | None = None,
                         address: str | None = None, lat: float | None = None,
                         lon: float | None = None, client_ref: str | None = None,
                         ticket_id: str | None = None, media_url: str | None = None,
+                        submitted_at: datetime | None = None,
                         review_confidence_below: float | None = None) -> Ticket:
     """Build the ticket; a two-party call is a hotline ticket built from the caller's words."""
     decoded = outcome.decoded
@@ -194,7 +196,7 @@ def ticket_from_outcome(outcome: Outcome, *, phone: str | None = None,
         duration_s=round(decoded.duration, 3), audio_format=decoded.format,
         codec=decoded.codec, channels=decoded.source_channels,
         sample_rate=decoded.source_sample_rate, caller_channel=caller, ticket_id=ticket_id,
-        media_url=media_url,
+        media_url=media_url, submitted_at=submitted_at,
     )
     return build_ticket(outcome.transcript, context,
                         review_confidence_below=review_confidence_below)

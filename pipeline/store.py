@@ -156,6 +156,18 @@ class ApiKey(Base):
         return self.revoked_at is None
 
 
+class Batch(Base):
+    """A hotline batch: one per output directory, so the same command resumes it."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    source: Mapped[str] = mapped_column(Text)
+    out_dir: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
@@ -180,6 +192,7 @@ class Job(Base):
         ),
         Index("ix_jobs_submitter_audio", "submitter_id", "audio_sha256", "created_at"),
         Index("ix_jobs_status_queue", "status", "queue", "created_at"),
+        Index("ix_jobs_batch", "batch_id", "call_id"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -212,6 +225,12 @@ class Job(Base):
     enqueued_at: Mapped[datetime | None]
     audio_seconds: Mapped[float | None] = mapped_column(Float)
     processing_seconds: Mapped[float | None] = mapped_column(Float)
+    # hotline batches: the call this job transcribes
+    batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id"))
+    call_id: Mapped[str | None] = mapped_column(String(200))
+    source_path: Mapped[str | None] = mapped_column(Text)
+    agent_id: Mapped[str | None] = mapped_column(String(64))
+    caller_channel: Mapped[int | None]  # which stereo channel is the caller (None: 0)
 
     @property
     def planned_ticket_id(self) -> str:
@@ -493,6 +512,11 @@ class Store:
         lon: float | None = None,
         address: str | None = None,
         submitted_at: datetime | None = None,
+        batch_id: str | None = None,
+        call_id: str | None = None,
+        source_path: str | None = None,
+        agent_id: str | None = None,
+        caller_channel: int | None = None,
         dedup_window: timedelta | float | None = 10.0,
         now: datetime | None = None,
     ) -> tuple[Job, bool]:
@@ -519,6 +543,8 @@ class Store:
             audio_filename=sanitise_filename(audio_filename), audio_bytes=audio_bytes,
             dialect=dialect, phone=phone.strip() if phone else None, lat=lat, lon=lon,
             address=address, submitted_at=submitted_at, attempts=0, created_at=now,
+            batch_id=batch_id, call_id=call_id, source_path=source_path, agent_id=agent_id,
+            caller_channel=caller_channel,
         )
         by_audio = client_ref is None and dedup_window is not None
         try:
@@ -569,6 +595,31 @@ class Store:
                 .limit(1)
             )
         return None
+
+    def batch(self, batch_id: str, *, source: str, out_dir: str) -> Batch:
+        """The batch with this id, made on first use (a rerun finds the same one)."""
+        with self.session() as s:
+            row = s.get(Batch, batch_id)
+            if row is None:
+                row = Batch(id=batch_id, source=source, out_dir=out_dir, created_at=utcnow())
+                s.add(row)
+        return row
+
+    def finish_batch(self, batch_id: str) -> None:
+        with self.session() as s:
+            s.execute(update(Batch).where(Batch.id == batch_id)
+                      .values(finished_at=utcnow()).execution_options(synchronize_session=False))
+
+    def done_job_for_audio(self, audio_sha256: str) -> Job | None:
+        """A finished job for this recording, from any batch or upload."""
+        with self.session() as s:
+            return s.scalar(select(Job).where(Job.audio_sha256 == audio_sha256,
+                                              Job.status == "done")
+                            .order_by(Job.finished_at).limit(1))
+
+    def get_jobs(self, job_ids: Sequence[str]) -> dict[str, Job]:
+        with self.session() as s:
+            return {j.id: j for j in s.scalars(select(Job).where(Job.id.in_(list(job_ids))))}
 
     def get_job(self, job_id: str) -> Job | None:
         with self.session() as s:
