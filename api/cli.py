@@ -236,7 +236,9 @@ def batch(
     hours = report.audio_s / 3600
     summary = {"batch_id": report.batch_id, "calls": len(items), "done": report.count("done"),
                "failed": len(failed), "skipped": report.count("skipped"),
-               "audio_hours": round(hours, 3), "wall_s": round(report.wall_s, 1),
+               "audio_hours": round(hours, 3),
+               "audio_hours_this_run": round(report.ran_audio_s / 3600, 3),
+               "wall_s": round(report.wall_s, 1),
                "realtime_factor": (round(report.realtime_factor, 4)
                                    if report.realtime_factor else None),
                "summary_csv": str(out / "summary.csv")}

@@ -129,6 +129,8 @@ def test_killed_halfway_then_run_again(night: Path, tmp_path: Path) -> None:
     assert again.returncode == 1, again.stderr  # 1: some calls failed (the broken files)
     report = json.loads(again.stdout.strip().splitlines()[-1])
     assert (report["done"], report["failed"], report["skipped"]) == (CALLS, 3, 0)
+    # the real-time factor is over what this run transcribed, not what it found done
+    assert 0 < report["audio_hours_this_run"] < report["audio_hours"]
     assert "broken_header" in again.stderr
     check_outputs(out)
     first_ids = {p.parent.name: json.loads(p.read_text())["id"]
@@ -138,6 +140,7 @@ def test_killed_halfway_then_run_again(night: Path, tmp_path: Path) -> None:
     third = batch(env, str(night), "--out", str(out))
     report = json.loads(third.stdout.strip().splitlines()[-1])
     assert report["done"] == CALLS and report["wall_s"] < 30
+    assert report["audio_hours_this_run"] == 0 and report["realtime_factor"] is None
     assert {p.parent.name: json.loads(p.read_text())["id"]
             for p in out.glob("*/ticket.json")} == first_ids
     # the same recordings under another output directory: skipped by content hash

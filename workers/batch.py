@@ -47,6 +47,8 @@ class BatchReport:
     out_dir: Path
     rows: list[SummaryRow] = field(default_factory=list)
     wall_s: float = 0.0
+    # audio transcribed by this run (a resumed run also lists calls done before it)
+    ran_audio_s: float = 0.0
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.rows)
@@ -61,8 +63,9 @@ class BatchReport:
 
     @property
     def realtime_factor(self) -> float | None:
-        """Wall seconds per audio second of this run (what a night's schedule needs)."""
-        return self.wall_s / self.audio_s if self.audio_s else None
+        """Wall seconds per audio second transcribed by this run (what a night's
+        schedule needs); None when it transcribed nothing (all done before)."""
+        return self.wall_s / self.ran_audio_s if self.ran_audio_s else None
 
 
 def _row(item: CallItem, status: str, job: Job | None = None, *, ticket: object = None,
@@ -95,6 +98,7 @@ class _Run:
         self.files_done = 0
         self.files_total = 0
         self.audio_done_h = 0.0
+        self.ran_audio_s = 0.0
 
     def advance(self, audio_s: float = 0.0) -> None:
         self.files_done += 1
@@ -104,9 +108,12 @@ class _Run:
                                  description=f"calls {self.files_done}/{self.files_total}",
                                  audio=f"{self.audio_done_h:.2f} audio h")
 
-    def finish(self, item: CallItem, job: Job) -> None:
-        """Record an ended job; write its outputs unless they are already there."""
+    def finish(self, item: CallItem, job: Job, *, ran: bool = False) -> None:
+        """Record an ended job; write its outputs unless they are already there.
+        `ran`: transcribed during this run (not found done at intake)."""
         if job.status == "done" and job.ticket_id:
+            if ran:
+                self.ran_audio_s += job.audio_seconds or 0.0
             ticket = self.store.get_ticket(job.ticket_id)
             if ticket is None:
                 raise LookupError(f"job {job.id} is done but ticket {job.ticket_id} is gone")
@@ -196,6 +203,7 @@ def run_batch(settings: Settings, items: Sequence[CallItem], out_dir: Path, *,
     report = BatchReport(batch.id, out_dir, [run.rows[i.call_id] for i in items
                                              if i.call_id in run.rows])
     report.wall_s = time.perf_counter() - t0
+    report.ran_audio_s = run.ran_audio_s
     write_summary(out_dir, report.rows)
     store.finish_batch(batch.id)
     store.dispose()
@@ -220,7 +228,7 @@ def _in_process(run: _Run, pending: dict[str, CallItem], blobs: object) -> None:
             time.sleep(0.5 if result.outcome == "retry" else 2.0)
         job = run.store.get_job(job_id)
         if job is not None:
-            run.finish(item, job)
+            run.finish(item, job, ran=True)
 
 
 def _fan_out(run: _Run, pending: dict[str, CallItem], poll_s: float) -> None:
@@ -237,7 +245,7 @@ def _fan_out(run: _Run, pending: dict[str, CallItem], poll_s: float) -> None:
         while waiting:
             for job in run.store.get_jobs(list(waiting)).values():
                 if job.status in ("done", "failed"):
-                    run.finish(waiting.pop(job.id), job)
+                    run.finish(waiting.pop(job.id), job, ran=True)
             if time.monotonic() - last_sweep > 5:
                 # no API may be running: re-hand lost jobs and revive dead workers' here
                 dispatcher.sweep()
