@@ -28,9 +28,9 @@ from typing import Any, Protocol
 
 import srt
 
+from pipeline.process import ROLE_LABELS, speaker_lines
 from pipeline.ticket_schema import Ticket
 
-ROLE_LABELS = {"caller": "来电人", "agent": "话务员"}
 AUDIO_SUFFIXES = {".wav", ".mp3", ".amr", ".m4a", ".aac", ".ogg", ".opus", ".flac", ".3gp",
                   ".silk", ".slk", ".webm", ".wma", ".aiff", ".aif", ".caf", ".au", ".gsm"}
 _UNSAFE = re.compile(r"[^\w.\-]+", re.UNICODE)
@@ -158,18 +158,8 @@ def srt_text(segments: Sequence[_Seg]) -> str:
 
 def dialogue_text(segments: Sequence[_Seg], text: str) -> str:
     """The call as lines "来电人：…" in time order; a one-speaker recording as its text."""
-    if not any(seg.speaker for seg in segments):
-        return text + "\n" if text else ""
-    lines: list[str] = []
-    last = None
-    for seg in segments:
-        label = ROLE_LABELS.get(seg.speaker or "", seg.speaker or "")
-        if label == last and lines:
-            lines[-1] += seg.text
-        else:
-            lines.append(f"{label}：{seg.text}")
-            last = label
-    return "\n".join(lines) + "\n"
+    lines = speaker_lines(segments, text)
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def write_atomic(path: Path, data: str) -> None:

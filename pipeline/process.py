@@ -11,9 +11,11 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -204,11 +206,16 @@ def ticket_from_outcome(outcome: Outcome, *, phone: str | None = None,
 
 def dialogue_lines(transcript: Transcript) -> list[str]:
     """A two-party call as lines "来电人：..." in time order; a voice note as its text."""
-    if not any(seg.speaker for seg in transcript.segments):
-        return [transcript.text] if transcript.text else []
+    return speaker_lines(transcript.segments, transcript.text)
+
+
+def speaker_lines(segments: Sequence[Any], text: str) -> list[str]:
+    """`dialogue_lines` for any segments with `speaker` and `text` (stored tickets too)."""
+    if not any(seg.speaker for seg in segments):
+        return [text] if text else []
     lines: list[str] = []
     last = None
-    for seg in transcript.segments:
+    for seg in segments:
         label = ROLE_LABELS.get(seg.speaker or "", seg.speaker or "")
         if label == last and lines:
             lines[-1] += seg.text
@@ -216,4 +223,3 @@ def dialogue_lines(transcript: Transcript) -> list[str]:
             lines.append(f"{label}：{seg.text}")
             last = label
     return lines
-
