@@ -11,21 +11,29 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from fastapi.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import errors
+from api import errors, review
 from api.auth import Caller, RateLimits, require, upload_rate
 from api.errors import COMMON_ERRORS, ApiError, ErrorBody, error_response
 from api.metrics import StoreCollector
 from asr.profiles import available_profiles
-from pipeline.audio import AudioError, sniff_format
+from pipeline.audio import AudioError, sniff_format, write_playable_wav
 from pipeline.blobs import BlobStore
 from pipeline.config import Settings, get_settings
 from pipeline.jobs import INTAKE_STATUS, JobContext, accept_upload, blob_store
@@ -36,6 +44,7 @@ from workers.runtime import Dispatcher, Maintenance, make_dispatcher
 log = logging.getLogger(__name__)
 
 UPLOAD_PATH = "/v1/voice-notes"
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 # multipart framing and the small form fields on top of the audio itself
 _FORM_OVERHEAD = 64 * 1024
 _MIME = {"wav": "audio/wav", "mp3": "audio/mpeg", "mp4": "audio/mp4", "3gp": "audio/3gpp",
@@ -191,12 +200,13 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
         upkeep = Maintenance(settings, store, dispatcher) if maintenance else None
         if upkeep is not None:
             upkeep.start()
-        collector = StoreCollector(store, dispatcher)
-        REGISTRY.register(collector)
+        # the store's gauges per app (tests run several apps in one process); the
+        # process-wide metrics (histograms of the pipeline) stay in the default REGISTRY
+        app.state.registry = CollectorRegistry(auto_describe=True)
+        app.state.registry.register(StoreCollector(store, dispatcher))
         try:
             yield
         finally:
-            REGISTRY.unregister(collector)
             if upkeep is not None:
                 upkeep.stop()
             dispatcher.stop()
@@ -206,9 +216,12 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
         title="minyin (民音)",
         version="1",
         summary="Citizens' voice complaints to structured tickets",
-        description="Upload a voice note, follow its job, read the ticket. Every route "
-        "but /healthz, /readyz and this documentation needs `Authorization: Bearer <API key>` "
-        "(`minyin keys create`). Errors are `{\"error\": {\"code\", \"message\"}}`.",
+        description="Upload a voice note, follow its job, read the ticket; staff review, "
+        "correct and approve tickets (the routes tagged *review*, which the staff page "
+        "at [/review](/review/) uses). Every route but /healthz, /readyz, sign-in and this "
+        "documentation needs `Authorization: Bearer <API key>` (`minyin keys create`) or "
+        "the review page's session cookie, whose writes also need the `X-CSRF-Token` "
+        "header. Errors are `{\"error\": {\"code\", \"message\"}}`.",
         lifespan=lifespan,
         responses=COMMON_ERRORS,
     )
@@ -248,6 +261,16 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
         # staff call citizens back: they see the number; a submitter sees it masked
         return row.document if caller.at_least("staff") else row.ticket.public_dict()
 
+    # -- the staff review page and its API --------------------------------------------
+
+    app.include_router(review.router)
+    app.mount("/review", StaticFiles(directory=STATIC_DIR / "review", html=True),
+              name="review")
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/review/")
+
     # -- health ---------------------------------------------------------------------
 
     @app.get("/healthz", tags=["health"], summary="The process is up (no auth)")
@@ -272,8 +295,10 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse,
              summary="Prometheus metrics (staff key)")
-    def metrics(_: Annotated[Caller, Depends(require("staff"))]) -> Response:
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    def metrics(request: Request,
+                _: Annotated[Caller, Depends(require("staff"))]) -> Response:
+        body = generate_latest(REGISTRY) + generate_latest(request.app.state.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     # -- voice notes and jobs -------------------------------------------------------
 
@@ -376,15 +401,30 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
         return ticket_doc(own_ticket(request, ticket_id, caller), caller)
 
     @app.get("/v1/tickets/{ticket_id}/audio", tags=["tickets"], response_class=FileResponse,
-             responses={404: {"model": ErrorBody}}, summary="The original audio (staff)")
-    def ticket_audio(request: Request, ticket_id: str,
-                     caller: Annotated[Caller, Depends(require("staff"))]) -> FileResponse:
+             responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+             summary="The audio (staff): the original, or a WAV any browser plays")
+    def ticket_audio(
+        request: Request, ticket_id: str, caller: Annotated[Caller, Depends(require("staff"))],
+        format: Annotated[Literal["original", "wav"], Query(
+            description="original: the bytes as received; wav: 16 kHz PCM, every "
+                        "channel, seekable (browsers play no AMR or SILK)")] = "original",
+    ) -> FileResponse:
         row = own_ticket(request, ticket_id, caller)
         job = store_of(request).get_job(row.job_id) if row.job_id else None
         blobs = blobs_of(request)
         if job is None or not blobs.exists(job.audio_sha256):
             raise ApiError(404, "not_found", f"ticket {ticket_id} has no stored audio")
         path = blobs.path(job.audio_sha256)
+        if format == "wav":
+            settings_: Settings = request.app.state.settings
+            wav = settings_.data_dir / "renditions" / f"{job.audio_sha256}.wav"
+            if not wav.exists():
+                try:
+                    write_playable_wav(path, wav)
+                except AudioError as e:
+                    raise ApiError(422, f"unreadable_audio.{e.code}", str(e)) from None
+            return FileResponse(wav, media_type="audio/wav",
+                                filename=f"{ticket_id}.wav", content_disposition_type="inline")
         with path.open("rb") as fh:
             fmt = sniff_format(fh.read(64 * 1024))
         name = job.audio_filename or f"{ticket_id}.{fmt or 'bin'}"

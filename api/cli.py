@@ -25,6 +25,8 @@ models_app = typer.Typer(no_args_is_help=True, help="The Whisper models on this 
 app.add_typer(models_app, name="models")
 keys_app = typer.Typer(no_args_is_help=True, help="API keys for the HTTP API.")
 app.add_typer(keys_app, name="keys")
+users_app = typer.Typer(no_args_is_help=True, help="Staff users of the review page.")
+app.add_typer(users_app, name="users")
 
 err = Console(stderr=True)
 
@@ -390,6 +392,83 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="the key's id (K...)"
         err.print(f"[red]no active key {key_id}[/red]")
         raise typer.Exit(1)
     err.print(f"revoked {key_id}")
+
+
+def _store():
+    from pipeline.config import get_settings
+    from pipeline.store import Store
+
+    return Store.from_settings(get_settings(), migrate=True)
+
+
+def _read_password(from_stdin: bool) -> str:
+    from api.auth import MIN_PASSWORD_CHARS
+
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    if len(password) < MIN_PASSWORD_CHARS:
+        _fail(f"a password needs at least {MIN_PASSWORD_CHARS} characters")
+    return password
+
+
+@users_app.command("create")
+def users_create(
+    username: Annotated[str, typer.Argument(help="the sign-in name")],
+    role: Annotated[str, typer.Option(help="staff | admin")] = "staff",
+    display_name: Annotated[str | None, typer.Option(help="shown in the page and history")
+                            ] = None,
+    password_stdin: Annotated[bool, typer.Option(
+        "--password-stdin", help="read the password from standard input (scripts)")] = False,
+) -> None:
+    """Create a staff user; asks for the password (stored as an argon2id hash)."""
+    from api.auth import hash_password
+    from pipeline.store import STAFF_ROLES
+
+    if role not in STAFF_ROLES:
+        _fail(f"--role must be one of {', '.join(STAFF_ROLES)}")
+    if not 1 <= len(username) <= 64 or any(ch.isspace() for ch in username):
+        _fail("a username has 1 to 64 characters and no spaces")
+    password = _read_password(password_stdin)
+    try:
+        row = _store().create_staff_user(username, hash_password(password), role=role,
+                                         display_name=display_name)
+    except ValueError as e:
+        _fail(str(e))
+    err.print(f"created {row.username} ({row.role})")
+
+
+@users_app.command("passwd")
+def users_passwd(
+    username: Annotated[str, typer.Argument()],
+    password_stdin: Annotated[bool, typer.Option("--password-stdin")] = False,
+) -> None:
+    """Set a new password (signs the user out everywhere)."""
+    from api.auth import hash_password
+
+    if not _store().update_staff_user(username, password_hash=hash_password(
+            _read_password(password_stdin))):
+        _fail(f"no user {username}", 1)
+    err.print(f"password of {username} changed")
+
+
+@users_app.command("disable")
+def users_disable(username: Annotated[str, typer.Argument()]) -> None:
+    """Disable a user at once (ends their sessions); their revisions stay."""
+    from pipeline.store import utcnow
+
+    if not _store().update_staff_user(username, disabled_at=utcnow()):
+        _fail(f"no user {username}", 1)
+    err.print(f"disabled {username}")
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """Staff users: name, role, display name, state."""
+    for row in _store().list_staff_users():
+        state = "disabled " + row.disabled_at.isoformat() if row.disabled_at else "active"
+        print(f"{row.username}\t{row.role}\t{row.display_name}\t{state}")
 
 
 @app.command()

@@ -22,9 +22,12 @@ import stat
 import struct
 import subprocess
 import sys
+import threading
+import wave
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 
 import av
@@ -1031,3 +1034,29 @@ def _stated_duration(container: Any, stream: Any) -> float | None:
     if container.duration is not None and container.duration > 0:
         return container.duration / av.time_base
     return None
+
+
+# --------------------------------------------------------------------------- playback
+
+
+def write_playable_wav(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
+    """The recording as 16 kHz 16-bit PCM WAV, every channel kept, for a browser player.
+
+    Browsers play neither AMR nor SILK, and seeking needs a format with fixed-size
+    frames; the review page plays this rendition. Written to a temporary name and
+    renamed, so a concurrent request never serves half a file.
+    """
+    decoded = decode_audio(source, split_channels=True, min_seconds=0.0,
+                           reject_silence=False)
+    pcm = np.clip(decoded.tracks, -1.0, 1.0)
+    frames = (pcm.T * 32767.0).astype("<i2")  # (N, C): interleaved
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with wave.open(str(tmp), "wb") as out:
+        out.setnchannels(frames.shape[1])
+        out.setsampwidth(2)
+        out.setframerate(decoded.sample_rate)
+        out.writeframes(frames.tobytes())
+    os.replace(tmp, target)
+    return target

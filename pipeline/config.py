@@ -87,6 +87,13 @@ class Settings(BaseSettings):
     # status polling, so a phone back end with many notes in flight needs room
     rate_limit: str = "600/minute"
     upload_rate_limit: str = "30/minute"
+    # sign-in attempts to the review page, per username and per client address
+    login_rate_limit: str = "10/minute"
+    # a signed-in browser stays signed in this long (a working day)
+    session_hours: float = 12.0
+    # the session cookie's Secure flag; None: set when the request came over https
+    # (behind a TLS proxy, run uvicorn with --proxy-headers or set this true)
+    cookie_secure: bool | None = None
 
     @property
     def sqlalchemy_url(self) -> str:

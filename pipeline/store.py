@@ -1,4 +1,5 @@
-"""The store: jobs, tickets, segments, corrections, the outbox and API keys.
+"""The store: jobs, tickets, segments, corrections, revisions, the outbox, API keys,
+staff users and their sign-in sessions.
 
 SQLAlchemy 2 models plus a small repository (`Store`). SQLite (a file under
 `data_dir`) by default, PostgreSQL in production; the schema is made by the Alembic
@@ -11,6 +12,10 @@ Concurrency rules the workers rely on:
   workers can never both run or both finish a job.
 - `finish_job` writes the ticket, its segments and the outbox event in the same
   transaction as the job's `done`, so a ticket is published if and only if it is stored.
+- `revise_ticket` (a staff save or approval) checks the revision the reviewer started
+  from and the ORM's version counter (`tickets.revision`) checks it again in the UPDATE,
+  so of two reviewers saving the same revision exactly one wins; the other gets
+  `RevisionConflict` with who saved and when.
 - Returned ORM objects are detached snapshots (`expire_on_commit=False`): read them
   freely, change the store only through `Store` methods.
 """
@@ -24,7 +29,7 @@ import re
 import secrets
 import threading
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -46,7 +51,9 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    case,
     create_engine,
+    delete,
     event,
     func,
     or_,
@@ -57,6 +64,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm.exc import StaleDataError
 
 from pipeline.config import Settings
 from pipeline.ticket_schema import Ticket
@@ -65,12 +73,18 @@ JobStatus = Literal["queued", "running", "done", "failed"]
 JobQueue = Literal["voice", "batch"]
 TicketStatus = Literal["new", "in_review", "reviewed"]
 Role = Literal["submitter", "staff", "admin"]
+StaffRole = Literal["staff", "admin"]
+RevisionAction = Literal["save", "approve"]
 
 JOB_STATUSES: tuple[str, ...] = ("queued", "running", "done", "failed")
 JOB_QUEUES: tuple[str, ...] = ("voice", "batch")
 TICKET_STATUSES: tuple[str, ...] = ("new", "in_review", "reviewed")
 ROLES: tuple[str, ...] = ("submitter", "staff", "admin")
+STAFF_ROLES: tuple[str, ...] = ("staff", "admin")
+# the review queue: what is still waiting for a person
+WAITING_STATUSES: tuple[str, ...] = ("new", "in_review")
 EVENT_TICKET_CREATED = "ticket.created"
+EVENT_TICKET_REVISED = "ticket.revised"
 API_KEY_PREFIX = "mny_"
 
 # Stable constraint names, so later migrations can drop or alter them on both back ends.
@@ -246,6 +260,7 @@ class TicketRow(Base):
         Index("ix_tickets_status_created", "status", "created_at"),
         Index("ix_tickets_category", "category_code"),
         Index("ix_tickets_review", "needs_review", "urgency", "created_at"),
+        Index("ix_tickets_queue", "status", "urgency", "confidence"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -266,6 +281,11 @@ class TicketRow(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     # optimistic locking: every ORM UPDATE checks and bumps it (StaleDataError if lost)
     revision: Mapped[int] = mapped_column(Integer)
+    # duration-weighted mean segment confidence: the review queue's "least confident"
+    confidence: Mapped[float | None] = mapped_column(Float)
+    updated_by: Mapped[str | None] = mapped_column(String(200))
+    reviewed_by: Mapped[str | None] = mapped_column(String(200))
+    reviewed_at: Mapped[datetime | None]
 
     __mapper_args__: ClassVar[dict[str, Any]] = {"version_id_col": revision}
 
@@ -348,6 +368,95 @@ class OutboxEvent(Base):
     delivered_to: Mapped[list[Any]] = mapped_column(default=list,
                                                     server_default=text("'[]'"))
     parked_at: Mapped[datetime | None]
+
+
+class StaffUser(Base):
+    """A person who signs in to the review page. The password is an argon2id hash
+    (`api.auth.hash_password`); the store never sees the password itself."""
+
+    __tablename__ = "staff_users"
+    __table_args__ = (CheckConstraint(f"role IN ({_in(STAFF_ROLES)})", name="role"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_login_at: Mapped[datetime | None]
+    disabled_at: Mapped[datetime | None]
+
+
+class StaffSession(Base):
+    """A signed-in browser. `id` is the SHA-256 of the cookie's secret, so a leaked
+    table does not sign anyone in. Signed in by a staff user or by a staff API key."""
+
+    __tablename__ = "staff_sessions"
+    __table_args__ = (Index("ix_staff_sessions_expires_at", "expires_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str | None] = mapped_column(
+        ForeignKey("staff_users.id", ondelete="CASCADE"))
+    key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TicketRevision(Base):
+    """One staff save or approval: who, when, and the whole document after it. The
+    per-segment and per-field before/after pairs are `Correction` rows of the same
+    revision (the training data for the next dialect model)."""
+
+    __tablename__ = "ticket_revisions"
+    __table_args__ = (CheckConstraint("action IN ('save', 'approve')", name="action"),)
+
+    ticket_id: Mapped[str] = mapped_column(
+        ForeignKey("tickets.id", ondelete="CASCADE"), primary_key=True)
+    revision: Mapped[int] = mapped_column(primary_key=True)
+    action: Mapped[str] = mapped_column(String(16))
+    author: Mapped[str] = mapped_column(String(200))
+    comment: Mapped[str | None] = mapped_column(Text)
+    document: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RevisionConflict(Exception):
+    """The ticket moved on since the reviewer loaded it."""
+
+    def __init__(self, ticket_id: str, expected: int, current: int,
+                 updated_by: str | None, updated_at: datetime | None) -> None:
+        who = updated_by or "the pipeline"
+        when = f" at {updated_at:%Y-%m-%d %H:%M:%S} UTC" if updated_at else ""
+        super().__init__(f"ticket {ticket_id} is at revision {current}, not {expected}: "
+                         f"{who} saved it{when}")
+        self.ticket_id, self.expected, self.current = ticket_id, expected, current
+        self.updated_by, self.updated_at = updated_by, updated_at
+
+
+@dataclass
+class Change:
+    """A segment's text (`target` = its index) or a ticket field (a dotted path)."""
+
+    target_kind: Literal["segment", "field"]
+    target: str
+    before: Any
+    after: Any
+
+
+@dataclass
+class Revised:
+    row: TicketRow
+    changes: list[Change]
+    revision: TicketRevision | None  # None: nothing changed, nothing written
+    published: bool = False
+
+
+@dataclass
+class RevisionEntry:
+    revision: TicketRevision
+    corrections: list[Correction]
 
 
 # --------------------------------------------------------------------------------------
@@ -935,6 +1044,244 @@ class Store:
                 row.parked_at = None
                 row.next_attempt_at = utcnow()
 
+    # -- staff review ------------------------------------------------------------------
+
+    def _queue_conditions(self, *, statuses: Sequence[str] | None, category: str | None,
+                          urgency: str | None, source: str | None,
+                          created_from: datetime | None,
+                          created_to: datetime | None) -> list[Any]:
+        conditions: list[Any] = []
+        if statuses:
+            conditions.append(TicketRow.status.in_(list(statuses)))
+        if category is not None:
+            prefix = category.rstrip(".")
+            conditions.append(or_(TicketRow.category_code == prefix,
+                                  TicketRow.category_code.startswith(prefix + ".",
+                                                                     autoescape=True)))
+        if urgency is not None:
+            conditions.append(TicketRow.urgency == urgency)
+        if source is not None:
+            conditions.append(TicketRow.source == source)
+        if created_from is not None:
+            conditions.append(TicketRow.created_at >= created_from)
+        if created_to is not None:
+            conditions.append(TicketRow.created_at < created_to)
+        return conditions
+
+    def review_queue(self, *, statuses: Sequence[str] | None = WAITING_STATUSES,
+                     category: str | None = None, urgency: str | None = None,
+                     source: str | None = None, created_from: datetime | None = None,
+                     created_to: datetime | None = None, limit: int = 50,
+                     offset: int = 0) -> tuple[TicketPage, dict[str, int]]:
+        """(page, counts): tickets for people, urgent first, then least confident,
+        then oldest (id breaks ties, so pages never overlap). `counts` are per status
+        plus `urgent` (waiting and urgent), under every filter but the status."""
+        if not 1 <= limit <= 500:
+            raise ValueError("limit must be 1..500")
+        if offset < 0:
+            raise ValueError("offset must be >= 0")
+        where = self._queue_conditions(statuses=statuses, category=category, urgency=urgency,
+                                       source=source, created_from=created_from,
+                                       created_to=created_to)
+        others = self._queue_conditions(statuses=None, category=category, urgency=urgency,
+                                        source=source, created_from=created_from,
+                                        created_to=created_to)
+        order = (case((TicketRow.urgency == "urgent", 0), else_=1),
+                 func.coalesce(TicketRow.confidence, 1.0).asc(),
+                 TicketRow.created_at.asc(), TicketRow.id.asc())
+        with self.session() as s:
+            total = s.scalar(select(func.count()).select_from(TicketRow).where(*where))
+            items = list(s.scalars(select(TicketRow).where(*where).order_by(*order)
+                                   .limit(limit).offset(offset)))
+            counts = {st: 0 for st in TICKET_STATUSES}
+            for st, n in s.execute(select(TicketRow.status, func.count())
+                                   .where(*others).group_by(TicketRow.status)):
+                counts[st] = int(n)
+            counts["urgent"] = int(s.scalar(
+                select(func.count()).select_from(TicketRow)
+                .where(*others, TicketRow.status.in_(WAITING_STATUSES),
+                       TicketRow.urgency == "urgent")) or 0)
+        return TicketPage(items=items, total=int(total or 0), limit=limit,
+                          offset=offset), counts
+
+    def revise_ticket(
+        self,
+        ticket_id: str,
+        *,
+        base_revision: int,
+        author: str,
+        action: RevisionAction,
+        edit: Callable[[Ticket], tuple[Ticket, list[Change]]],
+        comment: str | None = None,
+        now: datetime | None = None,
+    ) -> Revised:
+        """A staff save or approval, in one transaction.
+
+        `edit` turns the stored ticket into the revised one and lists what changed
+        (`pipeline.review.apply_edit`); it may raise to refuse the edit. A save that
+        changes nothing writes nothing. Otherwise: the ticket (revision + 1, status
+        in_review, or reviewed on approval), its segments, a `TicketRevision`, a
+        `Correction` per change, and on approval a ``ticket.revised`` outbox event.
+        Raises `LookupError` for an unknown ticket and `RevisionConflict` when the
+        ticket is no longer at `base_revision` (checked again by the UPDATE itself).
+        """
+        if action not in ("save", "approve"):
+            raise ValueError("action must be save or approve")
+        now = now or utcnow()
+        try:
+            with self.session() as s:
+                row = s.get(TicketRow, ticket_id)
+                if row is None:
+                    raise LookupError(f"no ticket {ticket_id}")
+                if row.revision != base_revision:
+                    raise RevisionConflict(ticket_id, base_revision, row.revision,
+                                           row.updated_by, row.updated_at)
+                before = row.ticket
+                after, changes = edit(before)
+                if not changes and action == "save":
+                    return Revised(row=row, changes=[], revision=None)
+                document = after.storage_dict()
+                row.document = document
+                row.category_code = after.category.code
+                row.kind = after.kind
+                row.urgency = after.urgency.level
+                row.needs_review = after.review.needed
+                row.confidence = ticket_confidence(after)
+                row.status = "reviewed" if action == "approve" else "in_review"
+                row.updated_at = now
+                row.updated_by = author
+                if action == "approve":
+                    row.reviewed_by, row.reviewed_at = author, now
+                else:
+                    row.reviewed_by, row.reviewed_at = None, None
+                # the UPDATE carries "AND revision = base_revision" and bumps it
+                s.flush()
+                revision = row.revision
+                by_idx = {seg.idx: seg for seg in s.scalars(
+                    select(SegmentRow).where(SegmentRow.ticket_id == ticket_id))}
+                for i, seg in enumerate(after.transcript.segments):
+                    stored = by_idx.get(i)
+                    if stored is not None and (stored.text, stored.flags) != (
+                            seg.text, list(seg.flags)):
+                        stored.text, stored.flags = seg.text, list(seg.flags)
+                rev = TicketRevision(ticket_id=ticket_id, revision=revision, action=action,
+                                     author=author, comment=comment, document=document,
+                                     created_at=now)
+                s.add(rev)
+                s.add_all(Correction(ticket_id=ticket_id, revision=revision, author=author,
+                                     target_kind=c.target_kind, target=c.target,
+                                     before=c.before, after=c.after, created_at=now)
+                          for c in changes)
+                if action == "approve":
+                    s.add(OutboxEvent(ticket_id=ticket_id, revision=revision,
+                                      event_type=EVENT_TICKET_REVISED, payload=document,
+                                      created_at=now, next_attempt_at=now, attempts=0))
+                return Revised(row=row, changes=changes, revision=rev,
+                               published=action == "approve")
+        except StaleDataError:
+            # another reviewer's UPDATE landed between our read and our write
+            current = self.get_ticket_row(ticket_id)
+            if current is None:
+                raise LookupError(f"no ticket {ticket_id}") from None
+            raise RevisionConflict(ticket_id, base_revision, current.revision,
+                                   current.updated_by, current.updated_at) from None
+
+    def ticket_history(self, ticket_id: str) -> list[RevisionEntry]:
+        """Staff revisions, newest first, each with its corrections."""
+        with self.session() as s:
+            revisions = list(s.scalars(select(TicketRevision)
+                                       .where(TicketRevision.ticket_id == ticket_id)
+                                       .order_by(TicketRevision.revision.desc())))
+            corrections: dict[int, list[Correction]] = {}
+            for c in s.scalars(select(Correction).where(Correction.ticket_id == ticket_id)
+                               .order_by(Correction.id)):
+                corrections.setdefault(c.revision, []).append(c)
+        return [RevisionEntry(r, corrections.get(r.revision, [])) for r in revisions]
+
+    # -- staff users and sessions --------------------------------------------------------
+
+    def create_staff_user(self, username: str, password_hash: str, *, role: str = "staff",
+                          display_name: str | None = None) -> StaffUser:
+        if role not in STAFF_ROLES:
+            raise ValueError(f"role must be one of {STAFF_ROLES}")
+        row = StaffUser(id="U" + secrets.token_hex(8), username=username,
+                        display_name=display_name or username, role=role,
+                        password_hash=password_hash, created_at=utcnow())
+        try:
+            with self.session() as s:
+                s.add(row)
+        except IntegrityError:
+            raise ValueError(f"a user named {username!r} already exists") from None
+        return row
+
+    def get_staff_user(self, username: str) -> StaffUser | None:
+        with self.session() as s:
+            return s.scalar(select(StaffUser).where(StaffUser.username == username))
+
+    def list_staff_users(self) -> list[StaffUser]:
+        with self.session() as s:
+            return list(s.scalars(select(StaffUser).order_by(StaffUser.username)))
+
+    def update_staff_user(self, username: str, **values: Any) -> bool:
+        """Set columns (password_hash, role, display_name, disabled_at, last_login_at)."""
+        allowed = {"password_hash", "role", "display_name", "disabled_at", "last_login_at"}
+        if set(values) - allowed:
+            raise ValueError(f"only {sorted(allowed)} may change")
+        with self.session() as s:
+            result = s.execute(update(StaffUser).where(StaffUser.username == username)
+                               .values(**values).execution_options(synchronize_session=False))
+            if values.get("disabled_at") is not None or "password_hash" in values:
+                # a disabled user or a changed password signs every browser out
+                s.execute(delete(StaffSession).where(StaffSession.user_id.in_(
+                    select(StaffUser.id).where(StaffUser.username == username))))
+            return result.rowcount == 1  # type: ignore[attr-defined]
+
+    def create_session(self, *, user_id: str | None = None, key_id: str | None = None,
+                       ttl: timedelta, now: datetime | None = None) -> tuple[str, StaffSession]:
+        """(cookie secret, row). Only the secret's hash is stored."""
+        if (user_id is None) == (key_id is None):
+            raise ValueError("a session belongs to a user or to a key")
+        now = now or utcnow()
+        token = secrets.token_urlsafe(32)
+        row = StaffSession(id=hash_api_key(token), user_id=user_id, key_id=key_id,
+                           csrf_token=secrets.token_urlsafe(32), created_at=now,
+                           expires_at=now + ttl, last_seen_at=now)
+        with self.session() as s:
+            s.add(row)
+            # sign-in is rare: a good moment to forget sessions that ran out
+            s.execute(delete(StaffSession).where(StaffSession.expires_at < now))
+        return token, row
+
+    def get_session(self, token: str, *, now: datetime | None = None
+                    ) -> tuple[StaffSession, StaffUser | ApiKey] | None:
+        """The live session for this cookie secret and whom it signs in, or None
+        (unknown, expired, user disabled, key revoked)."""
+        if not token or len(token) > 200:
+            return None
+        now = now or utcnow()
+        with self.session() as s:
+            row = s.get(StaffSession, hash_api_key(token))
+            if row is None or row.expires_at <= now:
+                return None
+            who: StaffUser | ApiKey | None
+            if row.user_id is not None:
+                who = s.get(StaffUser, row.user_id)
+                if who is None or who.disabled_at is not None:
+                    return None
+            else:
+                who = s.get(ApiKey, row.key_id)
+                if who is None or who.revoked_at is not None:
+                    return None
+            if now - row.last_seen_at > timedelta(minutes=1):
+                row.last_seen_at = now
+            return row, who
+
+    def delete_session(self, token: str) -> bool:
+        with self.session() as s:
+            result = s.execute(delete(StaffSession)
+                               .where(StaffSession.id == hash_api_key(token)))
+            return result.rowcount == 1  # type: ignore[attr-defined]
+
     # -- API keys ----------------------------------------------------------------------
 
     def create_api_key(self, name: str, role: str) -> tuple[str, ApiKey]:
@@ -981,8 +1328,22 @@ def _ticket_row(ticket: Ticket, job_id: str | None, now: datetime) -> TicketRow:
         category_code=ticket.category.code, kind=ticket.kind, urgency=ticket.urgency.level,
         needs_review=ticket.review.needed, source=ticket.source, dialect=ticket.dialect,
         model_name=ticket.model.name, model_version=ticket.model.version,
-        created_at=ticket.created_at, updated_at=now,
+        created_at=ticket.created_at, updated_at=now, confidence=ticket_confidence(ticket),
     )
+
+
+def ticket_confidence(ticket: Ticket) -> float | None:
+    """Mean segment confidence weighted by duration (plain mean if all are instants);
+    None for a ticket without segments."""
+    segments = ticket.transcript.segments
+    if not segments:
+        return None
+    weights = [max(0.0, seg.end - seg.start) for seg in segments]
+    total = sum(weights)
+    if total <= 0:
+        return round(sum(seg.confidence for seg in segments) / len(segments), 4)
+    weighted = sum(seg.confidence * w for seg, w in zip(segments, weights, strict=True))
+    return round(weighted / total, 4)
 
 
 def _segment_rows(ticket: Ticket) -> list[SegmentRow]:

@@ -221,6 +221,8 @@ class Urgency(_Model):
 class Review(_Model):
     needed: bool = False
     flags: list[str] = Field(default_factory=list, description="machine codes, e.g. no_location")
+    reviewed_by: str | None = Field(None, description="the staff member who approved it")
+    reviewed_at: AwareDatetime | None = Field(None, description="when it was approved")
 
     @field_validator("flags")
     @classmethod

@@ -44,7 +44,8 @@ PG_URL = os.environ.get(
     "MINYIN_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 T0 = datetime(2026, 11, 23, 9, 0, tzinfo=timezone.utc)
-TABLES = ("outbox", "corrections", "segments", "tickets", "jobs", "batches", "api_keys")
+TABLES = ("outbox", "corrections", "ticket_revisions", "segments", "tickets", "jobs", "batches",
+          "staff_sessions", "staff_users", "api_keys")
 
 TEXTS = {
     "light": "我家楼下的路灯坏了好几天了，在朝阳区建国路。",
@@ -161,7 +162,7 @@ def test_migrations_from_empty_match_the_models(empty_url: str) -> None:
             names = set(inspect(conn).get_table_names())
             assert set(TABLES) | {"alembic_version"} <= names
             version = conn.scalar(text("SELECT version_num FROM alembic_version"))
-            assert version == "0004_batches"
+            assert version == "0005_review"
             context = MigrationContext.configure(conn, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []
             indexes = {ix["name"]: ix for ix in inspect(conn).get_indexes("jobs")}

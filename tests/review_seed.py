@@ -1,0 +1,53 @@
+"""Tickets for the review tests without running the model: a stored recording (a real
+sample), a done job and a ticket built by the real ticket builder from a transcript
+whose segments fall on that recording."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from asr.types import Segment, Transcript
+from pipeline.blobs import BlobStore
+from pipeline.store import Store, TicketRow
+from pipeline.tickets import TicketContext, build_ticket
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+T0 = datetime(2026, 11, 23, 1, 0, tzinfo=timezone.utc)
+
+# (sample file, segment texts with (start, end, avg_logprob)); one has a doubtful segment
+NOTES = {
+    "light": ("01_streetlight_heping_road.amr",
+              [(0.0, 4.0, "我要反映一下和平路的路灯", -0.15),
+               (4.0, 9.0, "已经坏了一个星期了晚上很黑", -1.4),
+               (9.0, 15.0, "老人走路很不方便请尽快来修", -0.3)]),
+    "rubbish": ("05_garbage_not_collected.wav",
+                [(0.0, 3.0, "小区门口的垃圾三天没人清运了", -0.2),
+                 (3.0, 6.0, "臭得很希望尽快处理", -0.25)]),
+    "gas": ("01_streetlight_heping_road.amr",
+            [(0.0, 5.0, "楼道里闻到很大的煤气味", -0.3),
+             (5.0, 10.0, "燃气泄漏了快来人", -0.9)]),
+}
+
+
+def seed_ticket(store: Store, blobs: BlobStore, kind: str, *, n: int = 0,
+                created: datetime | None = None) -> TicketRow:
+    """A done job and its ticket (revision 1, status new)."""
+    name, parts = NOTES[kind]
+    sha = blobs.put(SAMPLES / name)
+    created = created or T0 + timedelta(minutes=n)
+    job, _ = store.create_job(audio_sha256=sha, client_ref=f"seed-{kind}-{uuid.uuid4().hex[:12]}",
+                              audio_filename=name, now=created, dedup_window=None)
+    segments = [Segment(start, end, text, avg_logprob=lp, no_speech_prob=0.02)
+                for start, end, text, lp in parts]
+    transcript = Transcript(text="".join(p[2] for p in parts), segments=segments,
+                            language="zh", language_probability=0.99,
+                            duration=parts[-1][1], model="whisper-base", model_version="1")
+    context = TicketContext(audio_sha256=sha, phone="13912345678", client_ref=job.client_ref,
+                            ticket_id=job.planned_ticket_id,
+                            media_url=f"/v1/tickets/{job.planned_ticket_id}/audio")
+    ticket = build_ticket(transcript, context, review_confidence_below=0.45, now=created)
+    claimed = store.claim_job(job.id, worker="seed")
+    assert claimed is not None
+    return store.finish_job(job.id, ticket, audio_seconds=parts[-1][1], now=created)
