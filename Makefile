@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test lint bench browser
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -17,7 +17,18 @@ setup: $(BIN)/python
 demo: setup
 	$(BIN)/minyin transcribe samples/
 
-test: setup
+# The review page's tests drive Debian's Chromium; installed here when missing and
+# possible (root with apt), otherwise those tests are skipped with the reason.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get install -y -q --no-install-recommends chromium fonts-noto-cjk >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && \
+	      apt-get install -y -q --no-install-recommends chromium fonts-noto-cjk >/dev/null 2>&1; } || \
+	    echo "note: could not install chromium; the review page tests will be skipped"; \
+	  else echo "note: no chromium (apt-get install chromium fonts-noto-cjk); the review page tests will be skipped"; fi; }
+
+test: setup browser
 	$(BIN)/pytest
 
 lint:

@@ -189,11 +189,14 @@ def apply_edit(ticket: Ticket, edit: TicketEdit, *, author: str, approve: bool =
 
 def char_diff(before: Any, after: Any) -> list[tuple[str, str]]:
     """Character-level differences as (op, text) runs, op in equal/delete/insert:
-    what the history view highlights. Non-text values are one delete and one insert."""
+    what the history view highlights. Texts that share little (a rewritten summary)
+    are one delete and one insert: scattered common characters only confuse a reader."""
     a = "" if before is None else str(before)
     b = "" if after is None else str(after)
     runs: list[tuple[str, str]] = []
     matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
+    if a and b and matcher.ratio() < 0.5:
+        return [("delete", a), ("insert", b)]
     for op, i1, i2, j1, j2 in matcher.get_opcodes():
         if op == "equal":
             runs.append(("equal", a[i1:i2]))

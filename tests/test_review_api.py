@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 
 from api.app import create_app
 from api.auth import hash_password
@@ -23,7 +24,7 @@ from pipeline.config import Settings
 from pipeline.review import TicketEdit, apply_edit
 from pipeline.store import EVENT_TICKET_REVISED, OutboxEvent, RevisionConflict, Store, utcnow
 from tests.review_seed import T0, seed_ticket
-from tests.test_store import backend, store  # noqa: F401 - fixtures: both back ends
+from tests.test_store import TABLES, backend  # noqa: F401 - fixture: both back ends
 
 PASSWORD = "correct horse battery"
 
@@ -467,12 +468,28 @@ def test_the_page_is_served(env: dict[str, Any]) -> None:
         assert path in paths, path
 
 
-# --------------------------------------------------------------------------- the lock, on both back ends
+# ------------------------------------------------------------- the lock, on both back ends
 
 
-def test_optimistic_lock_in_the_store(store: Store, tmp_path: Path) -> None:  # noqa: F811
+@pytest.fixture()
+def db(backend: tuple[str, str], tmp_path: Path) -> Iterator[Store]:  # noqa: F811
+    kind, where = backend
+    if kind == "sqlite":
+        copy = tmp_path / "minyin.db"
+        copy.write_bytes(Path(where).read_bytes())
+        st = Store.from_url(f"sqlite:///{copy}")
+    else:
+        st = Store.from_url(where)
+        with st.engine.begin() as conn:
+            conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    yield st
+    st.dispose()
+
+
+def test_optimistic_lock_in_the_store(db: Store, tmp_path: Path) -> None:
     """Reviewers racing on one ticket: exactly one save per revision lands, on
     SQLite and PostgreSQL, however the reads and writes interleave."""
+    store = db
     blobs = BlobStore(tmp_path / "audio")
     row = seed_ticket(store, blobs, "light")
     wins: list[int] = []
