@@ -540,6 +540,10 @@ def upgrade(url: str | Engine, revision: str = "head") -> None:
                 conn.execute(text("SELECT pg_advisory_xact_lock(20261123)"))
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
+        if url.dialect.name == "sqlite":
+            # the migration turned foreign keys off on a pooled connection; new
+            # connections turn them on again (the connect event)
+            url.dispose()
     else:
         # '%' is ConfigParser interpolation; URL-encoded passwords contain it
         cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))

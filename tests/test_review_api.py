@@ -519,3 +519,30 @@ def test_optimistic_lock_in_the_store(db: Store, tmp_path: Path) -> None:
     assert final is not None and final.revision == 2
     assert final.document["summary"] == f"摘要{wins[0]}"
     assert len(store.ticket_history(row.id)) == 1
+
+
+def test_migration_fills_the_queue_confidence_of_existing_tickets(tmp_path: Path) -> None:
+    """0005 adds tickets.confidence: tickets stored before it get the same value the
+    store computes for new ones (down to 0004 and up again drops and refills it)."""
+    from alembic import command
+    from alembic.config import Config
+
+    from pipeline.store import ticket_confidence, upgrade
+
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    upgrade(url)
+    store = Store.from_url(url)
+    row = seed_ticket(store, BlobStore(tmp_path / "audio"), "light")
+    expected = ticket_confidence(row.ticket)
+    assert row.confidence == expected and expected is not None
+    store.dispose()
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).resolve().parents[1]
+                                                / "pipeline" / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", url)
+    command.downgrade(cfg, "0004_batches")
+    upgrade(url)
+    store = Store.from_url(url)
+    again = store.get_ticket_row(row.id)
+    assert again is not None and again.confidence == pytest.approx(expected, abs=1e-4)
+    store.dispose()

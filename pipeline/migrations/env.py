@@ -26,15 +26,26 @@ def _url() -> str:
 
 
 def _run(connection: Connection) -> None:
+    sqlite = connection.dialect.name == "sqlite"
+    if sqlite:
+        # Batch mode re-creates a table (copy, drop the old one, rename). With foreign
+        # keys on, dropping the old `tickets` would cascade-delete every segment,
+        # correction and outbox row, and dropping `jobs` would fail. Off while migrating
+        # (outside a transaction, where SQLite honours it), checked afterwards.
+        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
         compare_type=True,
         # SQLite cannot ALTER most things; batch mode copies the table instead
-        render_as_batch=connection.dialect.name == "sqlite",
+        render_as_batch=sqlite,
     )
     with context.begin_transaction():
         context.run_migrations()
+        if sqlite:
+            broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise RuntimeError(f"the migration left dangling references: {broken[:5]}")
 
 
 def run_migrations_offline() -> None:
