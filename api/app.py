@@ -174,6 +174,37 @@ class UploadSizeLimit:
         return f"the upload is {got}; the limit is {limit_mb:.0f} MB"
 
 
+# --------------------------------------------------------------------------- page headers
+
+# The review page loads only its own files; it may not be framed (clickjacking) and
+# plays audio from this origin.
+PAGE_HEADERS = [
+    (b"content-security-policy",
+     b"default-src 'self'; img-src 'self' data:; media-src 'self'; object-src 'none'; "
+     b"base-uri 'none'; form-action 'self'; frame-ancestors 'none'"),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+]
+
+
+class PageHeaders:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/review"):
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *PAGE_HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
 # --------------------------------------------------------------------------- app
 
 
@@ -232,6 +263,7 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
         return error_response(413, "too_large", str(exc), headers={"Connection": "close"})
 
     app.add_middleware(UploadSizeLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(PageHeaders)
 
     def store_of(request: Request) -> Store:
         return request.app.state.store

@@ -171,6 +171,18 @@ def test_a_new_password_or_disabling_ends_sessions(env: dict[str, Any]) -> None:
     assert client.get("/v1/session").status_code == 401
 
 
+def test_sessions_expire(env: dict[str, Any]) -> None:
+    store: Store = env["store"]
+    user = store.get_staff_user("alice")
+    assert user is not None
+    token, row = store.create_session(user_id=user.id, ttl=timedelta(hours=12))
+    assert row.id != token and len(token) >= 40  # only the hash is stored
+    assert store.get_session(token) is not None
+    assert store.get_session(token, now=utcnow() + timedelta(hours=13)) is None
+    assert store.get_session("not-a-token") is None
+    assert store.delete_session(token) and store.get_session(token) is None
+
+
 # --------------------------------------------------------------------------- the queue
 
 
@@ -460,6 +472,9 @@ def test_the_page_is_served(env: dict[str, Any]) -> None:
     r = client.get("/review/")
     assert r.status_code == 200 and "text/html" in r.headers["content-type"]
     assert "review.js" in r.text
+    assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+    assert r.headers["x-frame-options"] == "DENY"
+    assert client.get("/review/review.js").headers["x-content-type-options"] == "nosniff"
     assert client.get("/", follow_redirects=False).headers["location"] == "/review/"
     paths = client.get("/openapi.json").json()["paths"]
     for path in ("/v1/session", "/v1/review/queue", "/v1/tickets/{ticket_id}/review",

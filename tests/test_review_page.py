@@ -95,6 +95,9 @@ def new_page(browser: Any, stack: dict[str, Any], errors: list[str]) -> Any:
                                   viewport={"width": 1400, "height": 1100})
     page = context.new_page()
     page.on("pageerror", lambda e: errors.append(str(e)))
+    # the page must live within its own Content-Security-Policy
+    page.on("console", lambda m: errors.append(m.text)
+            if m.type == "error" and "Content Security Policy" in m.text else None)
     page.set_default_timeout(20000)
     return page
 
@@ -281,7 +284,9 @@ def test_segment_navigation_and_large_fonts(browser: Any, stack: dict[str, Any])
     # the filters: hotline recordings, whatever their status
     page.select_option("#f-status", "all")
     page.select_option("#f-source", "hotline")
-    page.wait_for_function("document.querySelectorAll('#queue-list li').length === 1")
+    # (polled from here: wait_for_function evaluates a string, which the page's CSP forbids)
+    wait_until(lambda: page.locator("#queue-list li").count() == 1, 20, 0.1,
+               "the hotline filter")
     assert "#" in page.url and "source=hotline" in page.url  # a reload keeps the place
     page.click(f"#queue-list li[data-id='{hotline['id']}']")
     page.wait_for_selector("#segments li")
@@ -306,8 +311,10 @@ def test_segment_navigation_and_large_fonts(browser: Any, stack: dict[str, Any])
     overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 1
     shot(page, "06-large-font-hotline")
-    page.reload()  # the size is remembered
-    page.wait_for_selector("#queue-list li")
+    page.reload()  # the size is remembered, and so are the filters and the open ticket
+    page.wait_for_selector("#segments li")
+    assert page.input_value("#f-source") == "hotline"
+    assert page.locator("#queue-list li.selected").get_attribute("data-id") == hotline["id"]
     assert page.evaluate(
         "parseFloat(getComputedStyle(document.documentElement).fontSize)") == size
     # signing out ends the session for the API too
