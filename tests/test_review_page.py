@@ -135,6 +135,7 @@ def test_review_a_ticket_end_to_end(browser: Any, stack: dict[str, Any]) -> None
     page.fill("#password", "not the password")
     page.click("#signin-form button[type=submit]")
     page.wait_for_selector("#signin-error:has-text('用户名或密码错误')")
+    assert not page.is_visible("#workspace")  # nothing of the queue before signing in
     shot(page, "01-sign-in")
     sign_in(page, "alice")
     assert "王丽" in page.inner_text("#who")
@@ -252,9 +253,12 @@ def test_second_reviewer_gets_a_conflict(browser: Any, stack: dict[str, Any]) ->
     alice.click("#save")
     alice.wait_for_selector(f"#banner:has-text('已保存为第 {start + 1} 版')")
 
+    # bob's queue refreshes (every 30 s; now, here): he is told before he saves
+    bob.evaluate("loadQueue({quiet: true})")
+    bob.wait_for_selector(f"#banner.notice:has-text('更新为第 {start + 1} 版')")
     bob.fill("#summary", "赵强后保存的摘要")
     bob.click("#save")
-    banner = bob.locator("#banner.conflict")
+    banner = bob.locator("#banner.conflict:has-text('保存冲突')")
     banner.wait_for()
     message = banner.inner_text()
     assert "保存冲突" in message and "alice" in message and f"第 {start + 1} 版" in message

@@ -244,10 +244,20 @@ function renderQueue() {
     return li;
   }));
   list.scrollTop = scroll;
+  const open = data.items.find((t) => t.id === state.ticketId);
+  if (open && state.view && open.revision > state.view.revision && !state.busy) staleNotice(open);
   const from = data.total ? data.offset + 1 : 0;
   $("#page-info").textContent = `${from}–${data.offset + data.items.length} / ${data.total}`;
   $("#prev").disabled = data.offset === 0;
   $("#next").disabled = data.next_offset === null;
+}
+
+// someone else saved the open ticket: say so before the reviewer runs into a conflict
+function staleNotice(item) {
+  if (state.staleSeen === item.revision) return;
+  state.staleSeen = item.revision;
+  banner("notice", `${item.updated_by || "其他人"} 刚刚把这张工单更新为第 ${item.revision} 版（你看到的是第 ${state.view.revision} 版）。`,
+    el("button", { type: "button", text: "载入最新版本", onclick: () => reloadLatest(isDirty() ? collectEdit() : null) }));
 }
 
 function page(delta) {
@@ -526,6 +536,8 @@ function step(delta) {
 
 function onKey(e) {
   if ($("#workspace").hidden || !state.view) return;
+  // a key that ends or cancels a pinyin composition (Esc, Enter) belongs to the IME
+  if (e.isComposing || e.keyCode === 229) return;
   const key = e.key;
   let handled = true;
   if (key === "Escape") togglePlay();
