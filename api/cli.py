@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -27,6 +28,9 @@ keys_app = typer.Typer(no_args_is_help=True, help="API keys for the HTTP API.")
 app.add_typer(keys_app, name="keys")
 users_app = typer.Typer(no_args_is_help=True, help="Staff users of the review page.")
 app.add_typer(users_app, name="users")
+corrections_app = typer.Typer(no_args_is_help=True,
+                              help="Staff corrections as training data.")
+app.add_typer(corrections_app, name="corrections")
 
 err = Console(stderr=True)
 
@@ -469,6 +473,43 @@ def users_list() -> None:
     for row in _store().list_staff_users():
         state = "disabled " + row.disabled_at.isoformat() if row.disabled_at else "active"
         print(f"{row.username}\t{row.role}\t{row.display_name}\t{state}")
+
+
+@corrections_app.command("export")
+def corrections_export(
+    out: Annotated[Path, typer.Option(help="the dataset directory (made; must be empty)")],
+    validation_fraction: Annotated[float, typer.Option(
+        min=0.0, max=0.9, help="share of callers kept for validation")] = 0.1,
+    since: Annotated[str | None, typer.Option(
+        help="only approvals from then on (ISO date-time with a zone)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
+) -> None:
+    """Approved tickets' segments as 16 kHz clips with their verified text, split by
+    caller into train and validation, with a data card; no contact data."""
+    from pipeline.config import get_settings
+    from pipeline.corrections import export_corrections
+    from pipeline.jobs import blob_store
+
+    start: datetime | None = None
+    if since is not None:
+        try:
+            start = datetime.fromisoformat(since)
+        except ValueError:
+            _fail(f"--since {since!r} is not an ISO date-time")
+        if start is None or start.tzinfo is None:
+            _fail("--since needs a time zone, e.g. 2026-11-01T00:00:00+08:00")
+    settings = get_settings()
+    try:
+        card = export_corrections(_store(), blob_store(settings), out,
+                                  validation_fraction=validation_fraction, since=start,
+                                  overwrite=overwrite)
+    except FileExistsError as e:
+        _fail(str(e))
+    from dataclasses import asdict
+
+    print(json.dumps(asdict(card), ensure_ascii=False))
+    err.print(f"{sum(card.clips.values())} clips, {sum(card.hours.values()):.3f} h "
+              f"from {card.tickets} tickets -> {out}")
 
 
 @app.command()

@@ -1202,6 +1202,26 @@ class Store:
                 corrections.setdefault(c.revision, []).append(c)
         return [RevisionEntry(r, corrections.get(r.revision, [])) for r in revisions]
 
+    def approved_documents(self, *, since: datetime | None = None
+                           ) -> Iterator[tuple[TicketRevision, Job | None]]:
+        """Each approved ticket's latest approval (the document as approved) with its job,
+        oldest approval first: what the corrections export reads."""
+        latest = (select(TicketRevision.ticket_id,
+                         func.max(TicketRevision.revision).label("revision"))
+                  .where(TicketRevision.action == "approve")
+                  .group_by(TicketRevision.ticket_id).subquery())
+        query = (select(TicketRevision, Job)
+                 .join(latest, (TicketRevision.ticket_id == latest.c.ticket_id)
+                       & (TicketRevision.revision == latest.c.revision))
+                 .join(TicketRow, TicketRow.id == TicketRevision.ticket_id)
+                 .outerjoin(Job, Job.id == TicketRow.job_id)
+                 .order_by(TicketRevision.created_at, TicketRevision.ticket_id))
+        if since is not None:
+            query = query.where(TicketRevision.created_at >= since)
+        with self.session() as s:
+            rows = [(rev, job) for rev, job in s.execute(query)]
+        yield from rows
+
     # -- staff users and sessions --------------------------------------------------------
 
     def create_staff_user(self, username: str, password_hash: str, *, role: str = "staff",

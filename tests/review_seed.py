@@ -28,24 +28,33 @@ NOTES = {
     "gas": ("01_streetlight_heping_road.amr",
             [(0.0, 5.0, "楼道里闻到很大的煤气味", -0.3),
              (5.0, 10.0, "燃气泄漏了快来人", -0.9)]),
+    # a two-party call: (start, end, text, avg_logprob, channel)
+    "call": ("07_hotline_call_manhole_8k_stereo.wav",
+             [(0.2, 5.3, "您好这里是一二三四五热线请问有什么可以帮您", -0.3, 1),
+              (4.8, 11.4, "你好浦阳街道通江路菜市场门口有个井盖不见了", -0.4, 0)]),
 }
 
 
 def seed_ticket(store: Store, blobs: BlobStore, kind: str, *, n: int = 0,
-                created: datetime | None = None) -> TicketRow:
+                created: datetime | None = None, phone: str = "13912345678") -> TicketRow:
     """A done job and its ticket (revision 1, status new)."""
     name, parts = NOTES[kind]
     sha = blobs.put(SAMPLES / name)
     created = created or T0 + timedelta(minutes=n)
     job, _ = store.create_job(audio_sha256=sha, client_ref=f"seed-{kind}-{uuid.uuid4().hex[:12]}",
-                              audio_filename=name, now=created, dedup_window=None)
-    segments = [Segment(start, end, text, avg_logprob=lp, no_speech_prob=0.02)
-                for start, end, text, lp in parts]
+                              audio_filename=name, now=created, dedup_window=None,
+                              phone=phone)
+    call = kind == "call"
+    segments = [Segment(p[0], p[1], p[2], avg_logprob=p[3], no_speech_prob=0.02,
+                        channel=p[4] if call else 0,
+                        speaker=("caller" if p[4] == 0 else "agent") if call else None)
+                for p in parts]
     transcript = Transcript(text="".join(p[2] for p in parts), segments=segments,
                             language="zh", language_probability=0.99,
                             duration=parts[-1][1], model="whisper-base", model_version="1")
-    context = TicketContext(audio_sha256=sha, phone="13912345678", client_ref=job.client_ref,
-                            ticket_id=job.planned_ticket_id,
+    context = TicketContext(audio_sha256=sha, phone=phone, client_ref=job.client_ref,
+                            ticket_id=job.planned_ticket_id, source="hotline" if call
+                            else "voice_note", caller_channel=0 if call else None,
                             media_url=f"/v1/tickets/{job.planned_ticket_id}/audio")
     ticket = build_ticket(transcript, context, review_confidence_below=0.45, now=created)
     claimed = store.claim_job(job.id, worker="seed")
