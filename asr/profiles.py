@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from importlib import resources
 from pathlib import Path
 
 import yaml
+
+from asr.gazetteer import PlaceCorrector
 
 
 class ProfileError(ValueError):
@@ -22,11 +24,24 @@ class DialectProfile:
     initial_prompt: str | None = None
     hotwords: tuple[str, ...] = ()
     lexicon: dict[str, str] = field(default_factory=dict)  # dialect word -> standard word
-    gazetteer: tuple[str, ...] = ()  # local place names (used by later correction stages)
+    # local place names: a similar-sounding wrong name in the text is put right
+    gazetteer: tuple[str, ...] = ()
 
     @property
     def hotwords_text(self) -> str | None:
         return " ".join(self.hotwords) if self.hotwords else None
+
+    @cached_property
+    def places(self) -> PlaceCorrector:
+        return PlaceCorrector(self.gazetteer)
+
+    def standard_form(self, text: str) -> str:
+        """Dialect words to standard ones, then local names put right (both in order)."""
+        from asr.normalize import apply_lexicon
+
+        if self.lexicon:
+            text = apply_lexicon(text, self.lexicon)
+        return self.places.correct(text)
 
 
 def _builtin_dir() -> Path:

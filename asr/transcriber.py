@@ -114,6 +114,7 @@ class Transcriber:
         """
         opts = self.options.with_profile(profile)
         lexicon = profile.lexicon if profile else {}
+        places = profile.places if profile else None
         for first in range(0, len(windows), opts.windows_per_call):
             group = [list(w) for w in windows[first:first + opts.windows_per_call]]
             clips = [_join(audio, pieces) for pieces in group]
@@ -127,6 +128,8 @@ class Transcriber:
                     seg.speaker = speaker
                     seg.raw_text = seg.raw_text or seg.text
                     seg.text = normalize_text(seg.text, lexicon=lexicon)
+                    if places:
+                        seg.text = places.correct(seg.text)
                 result.segments = [s for s in result.segments if s.text.strip("。，")]
                 yield result
 
