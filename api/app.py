@@ -37,6 +37,7 @@ from pipeline.audio import AudioError, sniff_format, write_playable_wav
 from pipeline.blobs import BlobStore
 from pipeline.config import Settings, get_settings
 from pipeline.jobs import INTAKE_STATUS, JobContext, accept_upload, blob_store
+from pipeline.models import current_spec
 from pipeline.process import VoicePipeline
 from pipeline.store import ApiKey, Job, Store, TicketRow
 from workers.runtime import Dispatcher, Maintenance, make_dispatcher
@@ -489,7 +490,9 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
     def models(request: Request,
                _: Annotated[Caller, Depends(require("admin"))]) -> dict[str, Any]:
         s: Settings = request.app.state.settings
-        return {"model": s.model, "device": s.device, "compute_type": s.compute_type,
+        # the registry's current model (minyin models promote), else MINYIN_MODEL
+        return {"model": current_spec(store_of(request), s), "default_model": s.model,
+                "device": s.device, "compute_type": s.compute_type,
                 "batch_size": s.batch_size, "beam_size": s.beam_size,
                 "dialects": available_profiles()}
 

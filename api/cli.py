@@ -211,14 +211,59 @@ def models_setup(force: Annotated[bool, typer.Option(help="assemble again")] = F
 
 @models_app.command("list")
 def models_list() -> None:
-    """Models under the models directory (one JSON line each)."""
+    """Models under the models directory, one JSON line each; "current": the one the
+    workers load (the registry's, else MINYIN_MODEL)."""
     from pipeline.config import get_settings
+    from pipeline.models import list_models
 
-    root = get_settings().models_dir
-    for model_bin in sorted(root.glob("**/model.bin")):
-        card_path = model_bin.parent / "card.json"
-        card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else {}
-        print(json.dumps({"path": str(model_bin.parent.relative_to(root)), **card},
+    for entry in list_models(_store(), get_settings()):
+        print(json.dumps({"path": entry.model, "current": entry.current, **entry.card},
+                         ensure_ascii=False))
+
+
+@models_app.command("promote")
+def models_promote(
+    model: Annotated[str, typer.Argument(help="NAME/VERSION under the models directory, "
+                                              "or whisper-base")],
+    force: Annotated[bool, typer.Option(help="promote even with a worse validation CER "
+                                             "or none measured")] = False,
+    by: Annotated[str, typer.Option(help="who promotes (kept in the history)")] = "cli",
+    reason: Annotated[str | None, typer.Option(help="why, for the history")] = None,
+) -> None:
+    """Make MODEL the one every worker loads, from its next job on (no restart)."""
+    from pipeline.config import get_settings
+    from pipeline.models import RegistryError, promote
+
+    try:
+        row = promote(_store(), get_settings(), model, author=by, force=force, reason=reason)
+    except RegistryError as e:
+        _fail(str(e), 1)
+    cer = f", validation CER {row.validation_cer:.2%}" if row.validation_cer is not None else ""
+    err.print(f"current model: {row.model} ({row.name} {row.version}{cer})"
+              + (" [forced]" if row.forced else ""))
+
+
+@models_app.command("rollback")
+def models_rollback(by: Annotated[str, typer.Option(help="who rolls back")] = "cli") -> None:
+    """Make the model before the current one current again."""
+    from pipeline.config import get_settings
+    from pipeline.models import RegistryError, rollback
+
+    try:
+        row = rollback(_store(), get_settings(), author=by)
+    except RegistryError as e:
+        _fail(str(e), 1)
+    err.print(f"current model: {row.model} ({row.name} {row.version})")
+
+
+@models_app.command("history")
+def models_history() -> None:
+    """Promotions and rollbacks, newest first (one JSON line each)."""
+    for row in _store().model_history():
+        print(json.dumps({"model": row.model, "name": row.name, "version": row.version,
+                          "action": row.action, "author": row.author, "forced": row.forced,
+                          "validation_cer": row.validation_cer, "reason": row.reason,
+                          "at": row.created_at.isoformat(timespec="seconds")},
                          ensure_ascii=False))
 
 

@@ -166,3 +166,11 @@ def load_whisper(ref: ModelRef, *, device: str = "cpu", compute_type: str = "int
                 raise ModelError(f"cannot load model {ref.name!r} from {ref.path}: {exc}") from exc
             _models[key] = model
         return model
+
+
+def forget_model(ref: ModelRef) -> None:
+    """Drop this process's cached copies of a model (after a switch), so its memory goes
+    once the jobs still using it finish."""
+    with _lock:
+        for key in [k for k in _models if k[0] == ref.path]:
+            del _models[key]

@@ -26,6 +26,7 @@ from pipeline.audio import AudioError, decode_audio
 from pipeline.blobs import BlobStore
 from pipeline.config import Settings
 from pipeline.metrics import AUDIO_SECONDS, JOB_RUNS, PROCESSING_SECONDS, REALTIME_FACTOR
+from pipeline.models import current_spec
 from pipeline.process import VoicePipeline, ticket_from_outcome
 from pipeline.store import Job, Store, sanitise_filename
 
@@ -191,6 +192,8 @@ def run_job(ctx: JobContext, job_id: str, *, force: bool = False) -> JobRun:
                 raise AudioError("not_found", "the stored original is missing",
                                  job.audio_filename or job.audio_sha256[:12])
             caller = job.caller_channel or 0
+            # the registry's current model: a promotion reaches a running worker here
+            ctx.pipeline.use_model(current_spec(store, settings))
             outcome = ctx.pipeline.process(path, name=job.audio_filename or "<upload>",
                                            dialect=job.dialect, sha256=job.audio_sha256,
                                            roles={caller: "caller", 1 - caller: "agent"})

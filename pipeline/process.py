@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from asr.model import ModelRef, load_whisper, resolve_model, sha256_file
+from asr.model import ModelRef, forget_model, load_whisper, resolve_model, sha256_file
 from asr.profiles import DialectProfile, load_profile
 from asr.transcriber import TranscribeOptions, Transcriber
 from asr.types import Segment, Transcript
@@ -77,14 +78,33 @@ class VoicePipeline:
         self.settings = settings or get_settings()
         self._transcriber = transcriber
         self._model_ref: ModelRef | None = None
+        self._spec = self.settings.model  # what to load: MINYIN_MODEL, or the registry's
+        self._switch = threading.Lock()
 
     # -- model ---------------------------------------------------------------------
 
     @property
     def model_ref(self) -> ModelRef:
         if self._model_ref is None:
-            self._model_ref = resolve_model(self.settings.model, self.settings.models_dir)
+            self._model_ref = resolve_model(self._spec, self.settings.models_dir)
         return self._model_ref
+
+    def use_model(self, spec: str) -> bool:
+        """Load `spec` (the registry's current model) if it is not the one loaded; True
+        when it switched. A job already running keeps the model it started with."""
+        if spec == self._spec:
+            return False
+        with self._switch:
+            if spec == self._spec:
+                return False
+            ref = resolve_model(spec, self.settings.models_dir)
+            old = self._model_ref
+            self._spec, self._model_ref, self._transcriber = spec, ref, None
+            self.transcriber  # noqa: B018 - load now, under the lock, with a clear error
+            if old is not None and old.path != ref.path:
+                forget_model(old)
+            log.info("switched model to %s %s (%s)", ref.name, ref.version, ref.path)
+        return True
 
     @property
     def transcriber(self) -> Transcriber:

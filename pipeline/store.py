@@ -459,6 +459,25 @@ class RevisionEntry:
     corrections: list[Correction]
 
 
+class ModelPromotion(Base):
+    """One promotion or rollback of the model the workers load; the newest row wins."""
+
+    __tablename__ = "model_promotions"
+    __table_args__ = (CheckConstraint("action IN ('promote', 'rollback')", name="action"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    # what MINYIN_MODEL would say: "whisper-base" or a directory under models/ (NAME/VERSION)
+    model: Mapped[str] = mapped_column(String(300))
+    name: Mapped[str] = mapped_column(String(200))
+    version: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(16))
+    author: Mapped[str] = mapped_column(String(200))
+    forced: Mapped[bool] = mapped_column(Boolean, default=False)
+    validation_cer: Mapped[float | None] = mapped_column(Float)
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 # --------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------
@@ -1221,6 +1240,29 @@ class Store:
         with self.session() as s:
             rows = [(rev, job) for rev, job in s.execute(query)]
         yield from rows
+
+    # -- model registry ------------------------------------------------------------------
+
+    def current_model(self) -> ModelPromotion | None:
+        """The newest promotion or rollback; None: nothing promoted (settings decide)."""
+        with self.session() as s:
+            return s.scalar(select(ModelPromotion)
+                            .order_by(ModelPromotion.id.desc()).limit(1))
+
+    def model_history(self) -> list[ModelPromotion]:
+        with self.session() as s:
+            return list(s.scalars(select(ModelPromotion).order_by(ModelPromotion.id.desc())))
+
+    def record_promotion(self, *, model: str, name: str, version: str, action: str,
+                         author: str, forced: bool = False,
+                         validation_cer: float | None = None,
+                         reason: str | None = None) -> ModelPromotion:
+        row = ModelPromotion(model=model, name=name, version=version, action=action,
+                             author=author, forced=forced, validation_cer=validation_cer,
+                             reason=reason, created_at=utcnow())
+        with self.session() as s:
+            s.add(row)
+        return row
 
     # -- staff users and sessions --------------------------------------------------------
 
