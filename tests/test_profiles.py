@@ -51,7 +51,7 @@ def test_shipped_dialect_profiles(name, places):
     assert name in available_profiles()
     assert profile.language == "zh"  # Whisper base has no <|yue|> or Wu token
     assert places <= set(profile.gazetteer)
-    assert profile.lexicon and profile.hotwords
+    assert profile.lexicon and not profile.hotwords  # measured: hotwords hurt (see the YAML)
 
 
 @pytest.mark.parametrize(("profile", "heard", "standard"), [
