@@ -29,6 +29,9 @@ class Scripted:
             raise self.errors.pop(0)
         return self.real.process(*args, **kw)
 
+    def use_model(self, spec: str) -> bool:
+        return bool(self.real.use_model(spec))
+
 
 @pytest.fixture
 def ctx(tmp_path: Path, pipeline: Any) -> JobContext:
