@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench browser
+.PHONY: setup demo test lint bench browser finetune
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,7 +28,12 @@ browser:
 	    echo "note: could not install chromium; the review page tests will be skipped"; \
 	  else echo "note: no chromium (apt-get install chromium fonts-noto-cjk); the review page tests will be skipped"; fi; }
 
-test: setup browser
+# The finetune extra (torch's CPU build first: an unpinned torch would be a CUDA one).
+finetune: setup
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev,finetune]"
+
+test: setup browser finetune
 	$(BIN)/pytest
 
 lint:

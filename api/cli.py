@@ -221,6 +221,52 @@ def models_list() -> None:
                          ensure_ascii=False))
 
 
+@models_app.command("export-hf")
+def models_export_hf(
+    out: Annotated[Path, typer.Option(help="the Hugging Face directory to write")],
+    model: Annotated[str, typer.Option(help="a CTranslate2 model: whisper-base or "
+                                            "NAME/VERSION under the models directory")
+                     ] = "whisper-base",
+    verify: Annotated[Path | None, typer.Option(
+        help="a manifest of clips: the export must decode each (first 30 s, greedy) to "
+             "the same tokens as the CTranslate2 model")] = None,
+    limit: Annotated[int | None, typer.Option(help="only the first N clips")] = None,
+) -> None:
+    """CTranslate2 Whisper -> Hugging Face weights, the base for `minyin finetune`
+    (no hub here). Needs the finetune extra (torch, transformers)."""
+    from asr.export_hf import ExportError, export_hf, greedy_pair
+    from asr.model import ModelError, resolve_model
+    from pipeline.audio import decode_audio
+    from pipeline.config import get_settings
+    from pipeline.evaluate import ManifestError, load_manifest
+
+    settings = get_settings()
+    try:
+        ref = resolve_model(model, settings.models_dir)
+        export_hf(ref.path, out)
+    except (ModelError, ExportError) as e:
+        _fail(str(e))
+    except ImportError as e:
+        _fail(f"{e}; install the finetune extra: pip install torch==2.13.0 -e '.[finetune]'")
+    err.print(f"exported {ref.name} {ref.version} -> {out}")
+    if verify is None:
+        return
+    try:
+        entries = load_manifest(verify)[:limit]
+    except ManifestError as e:
+        _fail(str(e))
+    clips = [decode_audio(e.audio).mono for e in entries]
+    pairs = greedy_pair(out, ref.path, clips, language=settings.language)
+    differ = 0
+    for entry, (ct_ids, hf_ids) in zip(entries, pairs, strict=True):
+        same = ct_ids == hf_ids
+        differ += not same
+        print(json.dumps({"audio": entry.audio.name, "same": same, "tokens": len(ct_ids)}))
+    err.print(f"{len(pairs) - differ}/{len(pairs)} clips decode to the same tokens")
+    if differ:
+        raise typer.Exit(1)
+
+
 @models_app.command("promote")
 def models_promote(
     model: Annotated[str, typer.Argument(help="NAME/VERSION under the models directory, "
