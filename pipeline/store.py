@@ -964,28 +964,12 @@ class Store:
         it ("city.sanitation"). The created range is half-open: [from, to).
         `submitter_id`: only tickets of that key's uploads.
         """
-        if not 1 <= limit <= 500:
-            raise ValueError("limit must be 1..500")
-        if offset < 0:
-            raise ValueError("offset must be >= 0")
-        conditions: list[Any] = []
-        if status is not None:
-            conditions.append(TicketRow.status == status)
-        if category is not None:
-            prefix = category.rstrip(".")
-            conditions.append(or_(TicketRow.category_code == prefix,
-                                  TicketRow.category_code.startswith(prefix + ".",
-                                                                     autoescape=True)))
-        if urgency is not None:
-            conditions.append(TicketRow.urgency == urgency)
+        _check_page(limit, offset)
+        conditions = _ticket_filters(statuses=(status,) if status is not None else None,
+                                     category=category, urgency=urgency, source=source,
+                                     created_from=created_from, created_to=created_to)
         if needs_review is not None:
             conditions.append(TicketRow.needs_review.is_(needs_review))
-        if source is not None:
-            conditions.append(TicketRow.source == source)
-        if created_from is not None:
-            conditions.append(TicketRow.created_at >= created_from)
-        if created_to is not None:
-            conditions.append(TicketRow.created_at < created_to)
         if submitter_id is not None:
             conditions.append(TicketRow.job_id.in_(
                 select(Job.id).where(Job.submitter_id == submitter_id)))
@@ -1069,28 +1053,6 @@ class Store:
 
     # -- staff review ------------------------------------------------------------------
 
-    def _queue_conditions(self, *, statuses: Sequence[str] | None, category: str | None,
-                          urgency: str | None, source: str | None,
-                          created_from: datetime | None,
-                          created_to: datetime | None) -> list[Any]:
-        conditions: list[Any] = []
-        if statuses:
-            conditions.append(TicketRow.status.in_(list(statuses)))
-        if category is not None:
-            prefix = category.rstrip(".")
-            conditions.append(or_(TicketRow.category_code == prefix,
-                                  TicketRow.category_code.startswith(prefix + ".",
-                                                                     autoescape=True)))
-        if urgency is not None:
-            conditions.append(TicketRow.urgency == urgency)
-        if source is not None:
-            conditions.append(TicketRow.source == source)
-        if created_from is not None:
-            conditions.append(TicketRow.created_at >= created_from)
-        if created_to is not None:
-            conditions.append(TicketRow.created_at < created_to)
-        return conditions
-
     def review_queue(self, *, statuses: Sequence[str] | None = WAITING_STATUSES,
                      category: str | None = None, urgency: str | None = None,
                      source: str | None = None, created_from: datetime | None = None,
@@ -1099,16 +1061,11 @@ class Store:
         """(page, counts): tickets for people, urgent first, then least confident,
         then oldest (id breaks ties, so pages never overlap). `counts` are per status
         plus `urgent` (waiting and urgent), under every filter but the status."""
-        if not 1 <= limit <= 500:
-            raise ValueError("limit must be 1..500")
-        if offset < 0:
-            raise ValueError("offset must be >= 0")
-        where = self._queue_conditions(statuses=statuses, category=category, urgency=urgency,
-                                       source=source, created_from=created_from,
-                                       created_to=created_to)
-        others = self._queue_conditions(statuses=None, category=category, urgency=urgency,
-                                        source=source, created_from=created_from,
-                                        created_to=created_to)
+        _check_page(limit, offset)
+        others = _ticket_filters(statuses=None, category=category, urgency=urgency,
+                                 source=source, created_from=created_from,
+                                 created_to=created_to)
+        where = [*others, TicketRow.status.in_(list(statuses))] if statuses else others
         order = (case((TicketRow.urgency == "urgent", 0), else_=1),
                  func.coalesce(TicketRow.confidence, 1.0).asc(),
                  TicketRow.created_at.asc(), TicketRow.id.asc())
@@ -1222,7 +1179,7 @@ class Store:
         return [RevisionEntry(r, corrections.get(r.revision, [])) for r in revisions]
 
     def approved_documents(self, *, since: datetime | None = None
-                           ) -> Iterator[tuple[TicketRevision, Job | None]]:
+                           ) -> list[tuple[TicketRevision, Job | None]]:
         """Each approved ticket's latest approval (the document as approved) with its job,
         oldest approval first: what the corrections export reads."""
         latest = (select(TicketRevision.ticket_id,
@@ -1238,8 +1195,7 @@ class Store:
         if since is not None:
             query = query.where(TicketRevision.created_at >= since)
         with self.session() as s:
-            rows = [(rev, job) for rev, job in s.execute(query)]
-        yield from rows
+            return [(rev, job) for rev, job in s.execute(query)]
 
     # -- model registry ------------------------------------------------------------------
 
@@ -1386,6 +1342,37 @@ class Store:
     def list_api_keys(self) -> list[ApiKey]:
         with self.session() as s:
             return list(s.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)))
+
+
+def _check_page(limit: int, offset: int) -> None:
+    if not 1 <= limit <= 500:
+        raise ValueError("limit must be 1..500")
+    if offset < 0:
+        raise ValueError("offset must be >= 0")
+
+
+def _ticket_filters(*, statuses: Sequence[str] | None, category: str | None,
+                    urgency: str | None, source: str | None, created_from: datetime | None,
+                    created_to: datetime | None) -> list[Any]:
+    """WHERE conditions on tickets shared by listing and the review queue. `category`
+    matches the code or every code under a prefix; the created range is [from, to)."""
+    conditions: list[Any] = []
+    if statuses:
+        conditions.append(TicketRow.status.in_(list(statuses)))
+    if category is not None:
+        prefix = category.rstrip(".")
+        conditions.append(or_(TicketRow.category_code == prefix,
+                              TicketRow.category_code.startswith(prefix + ".",
+                                                                 autoescape=True)))
+    if urgency is not None:
+        conditions.append(TicketRow.urgency == urgency)
+    if source is not None:
+        conditions.append(TicketRow.source == source)
+    if created_from is not None:
+        conditions.append(TicketRow.created_at >= created_from)
+    if created_to is not None:
+        conditions.append(TicketRow.created_at < created_to)
+    return conditions
 
 
 def _ticket_row(ticket: Ticket, job_id: str | None, now: datetime) -> TicketRow:
