@@ -34,6 +34,16 @@ def review(store: Store, ticket_id: str, action: str, **edit: Any) -> None:
                                   now=utcnow()))
 
 
+def read_splits(out: Path) -> dict[str, list[dict[str, Any]]]:
+    return {split: [json.loads(line) for line in
+                    (out / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
+            for split in ("train", "validation")}
+
+
+def side_of_ticket(out: Path) -> dict[str, str]:
+    return {row["ticket_id"]: split for split, rows in read_splits(out).items() for row in rows}
+
+
 def read_wav(path: Path) -> np.ndarray:
     with wave.open(str(path)) as w:
         assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, SAMPLE_RATE)
@@ -73,9 +83,7 @@ def test_export_writes_clips_text_and_a_data_card(reviewed: dict[str, Any]) -> N
     out = reviewed["tmp"] / "dataset"
     card = export_corrections(reviewed["store"], reviewed["blobs"], out,
                               validation_fraction=0.3)
-    rows = {split: [json.loads(line) for line in
-                    (out / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
-            for split in ("train", "validation")}
+    rows = read_splits(out)
     every = rows["train"] + rows["validation"]
     assert rows["train"] and rows["validation"]
     assert card.clips == {s: len(r) for s, r in rows.items()}
@@ -120,10 +128,7 @@ def test_export_writes_clips_text_and_a_data_card(reviewed: dict[str, Any]) -> N
 def test_each_caller_stays_on_one_side(reviewed: dict[str, Any]) -> None:
     out = reviewed["tmp"] / "dataset"
     export_corrections(reviewed["store"], reviewed["blobs"], out, validation_fraction=0.3)
-    first = {}
-    for split in ("train", "validation"):
-        for line in (out / f"{split}.jsonl").read_text(encoding="utf-8").splitlines():
-            first[json.loads(line)["ticket_id"]] = split
+    first = side_of_ticket(out)
     caller0 = {first[reviewed["tickets"][f"0.{k}"]] for k in range(3)}
     assert len(caller0) == 1  # three calls, one side
     # the side depends on the caller alone: the same number in any format
@@ -136,10 +141,7 @@ def test_each_caller_stays_on_one_side(reviewed: dict[str, Any]) -> None:
     review(reviewed["store"], more.id, "approve")
     again = reviewed["tmp"] / "again"
     export_corrections(reviewed["store"], reviewed["blobs"], again, validation_fraction=0.3)
-    second = {}
-    for split in ("train", "validation"):
-        for line in (again / f"{split}.jsonl").read_text(encoding="utf-8").splitlines():
-            second[json.loads(line)["ticket_id"]] = split
+    second = side_of_ticket(again)
     assert all(second[t] == s for t, s in first.items())
     assert second[more.id] == first[reviewed["tickets"]["0.0"]]
 

@@ -15,16 +15,13 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import text
 
 from api.app import create_app
 from api.auth import hash_password
 from pipeline.blobs import BlobStore
 from pipeline.config import Settings
-from pipeline.review import TicketEdit, apply_edit
-from pipeline.store import EVENT_TICKET_REVISED, OutboxEvent, RevisionConflict, Store, utcnow
+from pipeline.store import EVENT_TICKET_REVISED, OutboxEvent, Store, utcnow
 from tests.review_seed import T0, seed_ticket
-from tests.test_store import TABLES, backend  # noqa: F401 - fixture: both back ends
 
 PASSWORD = "correct horse battery"
 
@@ -481,59 +478,6 @@ def test_the_page_is_served(env: dict[str, Any]) -> None:
                  "/v1/tickets/{ticket_id}", "/v1/tickets/{ticket_id}/approve",
                  "/v1/tickets/{ticket_id}/revisions", "/v1/taxonomy"):
         assert path in paths, path
-
-
-# ------------------------------------------------------------- the lock, on both back ends
-
-
-@pytest.fixture()
-def db(backend: tuple[str, str], tmp_path: Path) -> Iterator[Store]:  # noqa: F811
-    kind, where = backend
-    if kind == "sqlite":
-        copy = tmp_path / "minyin.db"
-        copy.write_bytes(Path(where).read_bytes())
-        st = Store.from_url(f"sqlite:///{copy}")
-    else:
-        st = Store.from_url(where)
-        with st.engine.begin() as conn:
-            conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
-    yield st
-    st.dispose()
-
-
-def test_optimistic_lock_in_the_store(db: Store, tmp_path: Path) -> None:
-    """Reviewers racing on one ticket: exactly one save per revision lands, on
-    SQLite and PostgreSQL, however the reads and writes interleave."""
-    store = db
-    blobs = BlobStore(tmp_path / "audio")
-    row = seed_ticket(store, blobs, "light")
-    wins: list[int] = []
-    conflicts: list[RevisionConflict] = []
-    barrier = threading.Barrier(6)
-
-    def save(i: int) -> None:
-        def edit(ticket: Any) -> Any:
-            barrier.wait()  # every reviewer has read revision 1 before anyone writes
-            return apply_edit(ticket, TicketEdit(revision=1, fields={"summary": f"摘要{i}"}),
-                              author=f"r{i}", now=utcnow())
-        try:
-            store.revise_ticket(row.id, base_revision=1, author=f"r{i}", action="save",
-                                edit=edit)
-            wins.append(i)
-        except RevisionConflict as e:
-            conflicts.append(e)
-
-    threads = [threading.Thread(target=save, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(wins) == 1 and len(conflicts) == 5
-    assert all(c.current == 2 and c.updated_by == f"r{wins[0]}" for c in conflicts)
-    final = store.get_ticket_row(row.id)
-    assert final is not None and final.revision == 2
-    assert final.document["summary"] == f"摘要{wins[0]}"
-    assert len(store.ticket_history(row.id)) == 1
 
 
 def test_migration_fills_the_queue_confidence_of_existing_tickets(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, inspect, select, text
@@ -748,3 +749,41 @@ def test_concurrent_uploads_of_one_recording_make_one_job(store: Store) -> None:
             t.join()
         assert len({job_id for job_id, _ in results}) == 1, (client_ref, results)
         assert sum(created for _, created in results) == 1
+
+
+def test_optimistic_lock_on_ticket_revisions(store: Store, tmp_path: Path) -> None:
+    """Reviewers racing on one ticket: exactly one save per revision lands, on
+    SQLite and PostgreSQL, however the reads and writes interleave."""
+    from pipeline.review import TicketEdit, apply_edit
+    from pipeline.store import RevisionConflict, utcnow
+    from tests.review_seed import seed_ticket
+
+    blobs = BlobStore(tmp_path / "audio")
+    row = seed_ticket(store, blobs, "light")
+    wins: list[int] = []
+    conflicts: list[RevisionConflict] = []
+    barrier = threading.Barrier(6)
+
+    def save(i: int) -> None:
+        def edit(ticket: Ticket) -> tuple[Ticket, list[Any]]:
+            barrier.wait()  # every reviewer has read revision 1 before anyone writes
+            return apply_edit(ticket, TicketEdit(revision=1, fields={"summary": f"摘要{i}"}),
+                              author=f"r{i}", now=utcnow())
+        try:
+            store.revise_ticket(row.id, base_revision=1, author=f"r{i}", action="save",
+                                edit=edit)
+            wins.append(i)
+        except RevisionConflict as e:
+            conflicts.append(e)
+
+    threads = [threading.Thread(target=save, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1 and len(conflicts) == 5
+    assert all(c.current == 2 and c.updated_by == f"r{wins[0]}" for c in conflicts)
+    final = store.get_ticket_row(row.id)
+    assert final is not None and final.revision == 2
+    assert final.document["summary"] == f"摘要{wins[0]}"
+    assert len(store.ticket_history(row.id)) == 1
