@@ -30,7 +30,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors, review
 from api.auth import Caller, RateLimits, require, upload_rate
-from api.errors import COMMON_ERRORS, ApiError, ErrorBody, error_response
+from api.errors import (
+    COMMON_ERRORS,
+    ApiError,
+    ErrorBody,
+    error_response,
+    require_time_zones,
+)
 from api.metrics import StoreCollector
 from asr.profiles import available_profiles
 from pipeline.audio import AudioError, sniff_format, write_playable_wav
@@ -413,10 +419,7 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> dict[str, Any]:
-        for name, value in (("created_from", created_from), ("created_to", created_to)):
-            if value is not None and value.tzinfo is None:
-                raise ApiError(422, "invalid_request",
-                               f"{name} needs a time zone, e.g. 2026-11-23T08:00:00+08:00")
+        require_time_zones(created_from=created_from, created_to=created_to)
         page = store_of(request).list_tickets(
             status=status, category=category, urgency=urgency, needs_review=needs_review,
             source=source, created_from=created_from, created_to=created_to, limit=limit,

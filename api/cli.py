@@ -483,14 +483,12 @@ def keys_create(
     name: Annotated[str, typer.Option(help="who or what uses it (e.g. the app's name)")],
 ) -> None:
     """Create an API key and print it; it is shown this once, only its hash is kept."""
-    from pipeline.config import get_settings
-    from pipeline.store import ROLES, Store
+    from pipeline.store import ROLES
 
     if role not in ROLES:
         err.print(f"[red]--role must be one of {', '.join(ROLES)}[/red]")
         raise typer.Exit(2)
-    store = Store.from_settings(get_settings(), migrate=True)
-    plain, row = store.create_api_key(name, role)
+    plain, row = _store().create_api_key(name, role)
     err.print(f"created {row.id} ({row.role}, {row.name}); keep the key now, it is not "
               "shown again:")
     print(plain)
@@ -499,11 +497,7 @@ def keys_create(
 @keys_app.command("list")
 def keys_list() -> None:
     """The API keys (never their secrets)."""
-    from pipeline.config import get_settings
-    from pipeline.store import Store
-
-    store = Store.from_settings(get_settings(), migrate=True)
-    for row in store.list_api_keys():
+    for row in _store().list_api_keys():
         state = "revoked " + row.revoked_at.isoformat() if row.revoked_at else "active"
         print(f"{row.id}\t{row.role}\t{row.key_prefix}…\t{row.name}\t{state}")
 
@@ -511,10 +505,7 @@ def keys_list() -> None:
 @keys_app.command("revoke")
 def keys_revoke(key_id: Annotated[str, typer.Argument(help="the key's id (K...)")]) -> None:
     """Revoke an API key at once."""
-    from pipeline.config import get_settings
-    from pipeline.store import Store
-
-    if not Store.from_settings(get_settings(), migrate=True).revoke_api_key(key_id):
+    if not _store().revoke_api_key(key_id):
         err.print(f"[red]no active key {key_id}[/red]")
         raise typer.Exit(1)
     err.print(f"revoked {key_id}")

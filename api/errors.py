@@ -6,6 +6,7 @@ validation errors and Starlette's 404/405 are reshaped into it too.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -31,6 +32,14 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.details, self.headers = details, headers
+
+
+def require_time_zones(**values: datetime | None) -> None:
+    """Query datetimes must say their zone: a naive one would be read as UTC silently."""
+    for name, value in values.items():
+        if value is not None and value.tzinfo is None:
+            raise ApiError(422, "invalid_request",
+                           f"{name} needs a time zone, e.g. 2026-11-23T08:00:00+08:00")
 
 
 def error_response(status: int, code: str, message: str, *, details: Any = None,

@@ -29,7 +29,7 @@ from api.auth import (
     require,
     verify_password,
 )
-from api.errors import ApiError, ErrorBody
+from api.errors import ApiError, ErrorBody, require_time_zones
 from pipeline.config import Settings
 from pipeline.review import ReviewError, TicketEdit, apply_edit, char_diff
 from pipeline.store import (
@@ -313,10 +313,7 @@ def review_queue(
     limit: Annotated[int, Query(ge=1, le=200)] = 25,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> QueueOut:
-    for name, value in (("created_from", created_from), ("created_to", created_to)):
-        if value is not None and value.tzinfo is None:
-            raise ApiError(422, "invalid_request",
-                           f"{name} needs a time zone, e.g. 2026-11-23T00:00:00+08:00")
+    require_time_zones(created_from=created_from, created_to=created_to)
     statuses = {"waiting": WAITING_STATUSES, "all": TICKET_STATUSES}.get(status, (status,))
     settings = _settings(request)
     page, counts = _store(request).review_queue(

@@ -74,7 +74,7 @@ def _float(array: np.ndarray, name: str) -> np.ndarray:
 
 def ct2_to_hf(variables: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """(Hugging Face state dict, WhisperConfig keyword arguments)."""
-    v = {k: a for k, a in variables.items() if a.ndim > 0 or k.endswith(("bias", "weight"))}
+    v = variables
     out: dict[str, np.ndarray] = {}
 
     def put(hf: str, ct2: str) -> None:

@@ -1039,24 +1039,30 @@ def _stated_duration(container: Any, stream: Any) -> float | None:
 # --------------------------------------------------------------------------- playback
 
 
-def write_playable_wav(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
-    """The recording as 16 kHz 16-bit PCM WAV, every channel kept, for a browser player.
-
-    Browsers play neither AMR nor SILK, and seeking needs a format with fixed-size
-    frames; the review page plays this rendition. Written to a temporary name and
-    renamed, so a concurrent request never serves half a file.
-    """
-    decoded = decode_audio(source, split_channels=True, min_seconds=0.0,
-                           reject_silence=False)
-    pcm = np.clip(decoded.tracks, -1.0, 1.0)
-    frames = (pcm.T * 32767.0).astype("<i2")  # (N, C): interleaved
-    target = Path(target)
+def write_wav(path: str | os.PathLike[str], tracks: np.ndarray,
+              sample_rate: int = SAMPLE_RATE) -> Path:
+    """Float tracks, (C, N) or (N,), as 16-bit PCM WAV, written to a temporary name and
+    renamed, so a concurrent reader never sees half a file."""
+    tracks = np.atleast_2d(tracks)
+    frames = (np.clip(tracks, -1.0, 1.0).T * 32767.0).astype("<i2")  # (N, C): interleaved
+    target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with wave.open(str(tmp), "wb") as out:
         out.setnchannels(frames.shape[1])
         out.setsampwidth(2)
-        out.setframerate(decoded.sample_rate)
+        out.setframerate(sample_rate)
         out.writeframes(frames.tobytes())
     os.replace(tmp, target)
     return target
+
+
+def write_playable_wav(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
+    """The recording as 16 kHz 16-bit PCM WAV, every channel kept, for a browser player.
+
+    Browsers play neither AMR nor SILK, and seeking needs a format with fixed-size
+    frames; the review page plays this rendition.
+    """
+    decoded = decode_audio(source, split_channels=True, min_seconds=0.0,
+                           reject_silence=False)
+    return write_wav(target, decoded.tracks, decoded.sample_rate)

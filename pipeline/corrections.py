@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import shutil
-import wave
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -36,9 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from pipeline.audio import SAMPLE_RATE, AudioError, decode_audio
+from pipeline.audio import SAMPLE_RATE, AudioError, decode_audio, write_wav
 from pipeline.blobs import BlobStore
 from pipeline.review import DISCARDED_FLAG
 from pipeline.store import Store
@@ -91,15 +88,6 @@ def caller_group(ticket_id: str, phone: str | None) -> str:
 def side(group: str, validation_fraction: float) -> str:
     bucket = int(hashlib.sha256(group.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
     return "validation" if bucket < validation_fraction else "train"
-
-
-def _write_wav(path: Path, samples: np.ndarray) -> None:
-    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(SAMPLE_RATE)
-        out.writeframes(pcm.tobytes())
 
 
 def _skip_reason(seg: dict[str, Any]) -> str | None:
@@ -166,7 +154,7 @@ def export_corrections(store: Store, blobs: BlobStore, out: Path, *,
                 skipped["beyond_audio"] += 1
                 continue
             name = f"audio/{revision.ticket_id}_{i:03d}.wav"
-            _write_wav(out / name, samples)
+            write_wav(out / name, samples)
             machine = machine_texts.get(i, seg["text"])
             clips[split].append(Clip(
                 audio=name, text=seg["text"].strip(), dialect=doc["dialect"],
