@@ -626,6 +626,71 @@ def corrections_export(
 
 
 @app.command()
+def finetune(
+    data: Annotated[Path, typer.Option(help="a dataset from `minyin corrections export`")],
+    out: Annotated[Path, typer.Option(help="where the model goes: models/NAME/VERSION")],
+    base: Annotated[str, typer.Option(
+        help="a Hugging Face Whisper directory, or a CTranslate2 model (whisper-base, "
+             "NAME/VERSION) exported to one first")] = "whisper-base",
+    method: Annotated[str, typer.Option(help="lora (peft adapters, merged) or full")] = "lora",
+    epochs: Annotated[float, typer.Option(min=0.01)] = 3.0,
+    max_steps: Annotated[int, typer.Option(help="> 0: stop after this many steps")] = -1,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    grad_accum: Annotated[int, typer.Option(min=1, help="gradient accumulation steps")] = 1,
+    learning_rate: Annotated[float | None, typer.Option(
+        help="default 1e-3 for LoRA, 1e-5 for full")] = None,
+    lora_r: Annotated[int, typer.Option(min=1)] = 16,
+    lora_alpha: Annotated[int, typer.Option(min=1)] = 32,
+    decoder_only: Annotated[bool, typer.Option(
+        help="adapt the decoder only (about 3x faster on a CPU)")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    threads: Annotated[int, typer.Option(help="torch CPU threads (0: all)")] = 0,
+    save_steps: Annotated[int, typer.Option(min=1, help="checkpoint every N steps")] = 50,
+    regression: Annotated[Path | None, typer.Option(
+        help="a fixed manifest that must not get worse (default samples/manifest.jsonl)")
+    ] = None,
+    work: Annotated[Path | None, typer.Option(
+        help="checkpoints and intermediate weights (default var/finetune/NAME-VERSION)")
+    ] = None,
+    restart: Annotated[bool, typer.Option(
+        help="start over instead of resuming from the work directory's checkpoint")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace a model already at --out")] = False,
+) -> None:
+    """Fine-tune Whisper on approved corrections, convert it to CTranslate2 (float16, and
+    int8 in OUT/int8) and measure CER before and after on the validation split and a
+    regression set; the card (OUT/card.json) is printed last. Needs the finetune extra.
+    Resumes from the newest checkpoint when started again with the same arguments."""
+    try:
+        from asr.finetune import FinetuneError, TrainConfig
+        from pipeline.finetune import run_finetune
+    except ImportError as e:
+        _fail(f"{e}; install the finetune extra: pip install torch==2.13.0 -e '.[finetune]'")
+    from asr.model import ModelError
+    from pipeline.config import REPO_ROOT, get_settings
+
+    if method not in ("lora", "full") or device not in ("auto", "cpu", "cuda"):
+        _fail("--method is lora or full; --device is auto, cpu or cuda")
+    settings = get_settings()
+    if regression is None and (REPO_ROOT / "samples" / "manifest.jsonl").is_file():
+        regression = REPO_ROOT / "samples" / "manifest.jsonl"
+    if not out.is_absolute() and out.parts[:1] != (settings.models_dir.name,) \
+            and len(out.parts) == 2:
+        out = settings.models_dir / out  # NAME/VERSION: under the models directory
+    config = TrainConfig(method=method, epochs=epochs, max_steps=max_steps,  # type: ignore[arg-type]
+                         batch_size=batch_size, grad_accum=grad_accum,
+                         learning_rate=learning_rate, lora_r=lora_r, lora_alpha=lora_alpha,
+                         encoder=not decoder_only, language=settings.language,
+                         device=device, threads=threads, save_steps=save_steps)  # type: ignore[arg-type]
+    try:
+        card = run_finetune(data, base, out, settings, config, regression=regression,
+                            work=work, resume=not restart, overwrite=overwrite,
+                            say=lambda line: err.print(line, highlight=False, markup=False))
+    except (FinetuneError, ModelError) as e:
+        _fail(str(e))
+    print(json.dumps(card, ensure_ascii=False))
+
+
+@app.command()
 def schema() -> None:
     """Print the ticket's JSON Schema."""
     from pipeline.ticket_schema import Ticket

@@ -144,9 +144,42 @@ def ct2_to_hf(variables: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], 
     return out, config
 
 
+def special_ids(tokenizer_json: Path) -> dict[str, int]:
+    """Token ids of the added (special) tokens of a Whisper ``tokenizer.json``."""
+    data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    return {t["content"]: t["id"] for t in data.get("added_tokens", [])}
+
+
+def generation_settings(ct2_config: dict[str, Any], specials: dict[str, int],
+                        max_length: int) -> tuple[dict[str, int], Any]:
+    """(special token ids for WhisperConfig, GenerationConfig) carrying what a
+    CTranslate2 Whisper ``config.json`` holds, which its converter reads back."""
+    from transformers import GenerationConfig
+
+    tokens = {}
+    if "<|startoftranscript|>" in specials:
+        eot = specials["<|endoftext|>"]
+        tokens = {"decoder_start_token_id": specials["<|startoftranscript|>"],
+                  "eos_token_id": eot, "pad_token_id": eot, "bos_token_id": eot}
+    by_id = {i: t for t, i in specials.items()}
+    generation = GenerationConfig(
+        suppress_tokens=list(ct2_config.get("suppress_ids") or []),
+        begin_suppress_tokens=list(ct2_config.get("suppress_ids_begin") or []),
+        alignment_heads=ct2_config.get("alignment_heads"),
+        lang_to_id={by_id[i]: i for i in ct2_config.get("lang_ids") or [] if i in by_id}
+        or None, max_length=max_length, **tokens)
+    return tokens, generation
+
+
 def export_hf(ct2_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write a Hugging Face Whisper directory (safetensors, config, tokenizer, feature
-    extractor) from a CTranslate2 one; `transformers` loads it with from_pretrained."""
+    """Write a Hugging Face Whisper directory (safetensors, config, generation config,
+    tokenizer, feature extractor) from a CTranslate2 one; `transformers` loads it with
+    from_pretrained, and CTranslate2's converter turns it back into the same model.
+
+    The generation config carries what the CTranslate2 ``config.json`` holds
+    (suppressed tokens, alignment heads, language ids) and the special token ids, so a
+    fine-tuned model converted back keeps them; ``minyin_export.json`` names the source.
+    """
     import torch
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
@@ -156,10 +189,12 @@ def export_hf(ct2_dir: str | Path, out_dir: str | Path) -> Path:
         raise ExportError(f"{ct2_dir} holds a {name}, not a Whisper model")
     state, config_kwargs = ct2_to_hf(variables)
     ct2_config = json.loads((ct2_dir / "config.json").read_text(encoding="utf-8"))
-    tokens = ct2_config.get("suppress_ids") or []
-    config = WhisperConfig(**config_kwargs, suppress_tokens=list(tokens),
-                           begin_suppress_tokens=list(ct2_config.get("suppress_ids_begin")
-                                                      or []))
+    specials = special_ids(ct2_dir / "tokenizer.json") if (
+        ct2_dir / "tokenizer.json").is_file() else {}
+    tokens, generation = generation_settings(ct2_config, specials,
+                                             config_kwargs["max_target_positions"])
+    config = WhisperConfig(**config_kwargs, suppress_tokens=generation.suppress_tokens,
+                           begin_suppress_tokens=generation.begin_suppress_tokens, **tokens)
     model = WhisperForConditionalGeneration(config)
     tensors = {k: torch.from_numpy(a.copy()) for k, a in state.items()}
     tensors["proj_out.weight"] = tensors["model.decoder.embed_tokens.weight"]
@@ -168,12 +203,20 @@ def export_hf(ct2_dir: str | Path, out_dir: str | Path) -> Path:
     if unexpected or [k for k in missing if not k.endswith("k_proj.bias")]:
         raise ExportError(f"weights do not fit: missing {missing[:5]}, unexpected "
                           f"{unexpected[:5]}")
+    model.generation_config = generation
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     WhisperFeatureExtractor(feature_size=config.num_mel_bins).save_pretrained(out_dir)
     for extra in ("tokenizer.json", "vocabulary.json"):
         if (ct2_dir / extra).is_file():
             shutil.copyfile(ct2_dir / extra, out_dir / extra)
+    card = {}
+    if (ct2_dir / "card.json").is_file():
+        card = json.loads((ct2_dir / "card.json").read_text(encoding="utf-8"))
+    (out_dir / "minyin_export.json").write_text(json.dumps(
+        {"source": str(ct2_dir), "name": card.get("name") or ct2_dir.name,
+         "version": str(card.get("version", ""))}, ensure_ascii=False, indent=1),
+        encoding="utf-8")
     return out_dir
 
 

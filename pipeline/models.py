@@ -67,6 +67,8 @@ def list_models(store: Store, settings: Settings) -> list[ModelEntry]:
     current = current_spec(store, settings)
     entries = []
     for model_bin in sorted(root.glob("**/model.bin")):
+        if (model_bin.parent.parent / "model.bin").is_file():
+            continue  # a variant of a model (NAME/VERSION/int8), listed in its card
         spec = str(model_bin.parent.relative_to(root))
         entries.append(ModelEntry(spec, read_card(model_bin.parent), spec == current))
     return entries

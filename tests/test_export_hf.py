@@ -17,24 +17,7 @@ from asr.export_hf import ExportError, export_hf, greedy_pair, read_ct2  # noqa:
 from pipeline.audio import decode_audio  # noqa: E402
 from tests.conftest import ROOT, SAMPLES, SHARED_AUDIO, read_manifest  # noqa: E402
 from tests.service import MINYIN  # noqa: E402
-
-BUNDLED = ROOT / "models" / "whisper-base"
-
-
-def tiny_whisper(path: Path) -> Path:
-    from transformers import WhisperConfig, WhisperForConditionalGeneration
-
-    config = WhisperConfig(vocab_size=51865, d_model=64, encoder_layers=2, decoder_layers=2,
-                           encoder_attention_heads=4, decoder_attention_heads=4,
-                           encoder_ffn_dim=128, decoder_ffn_dim=128, num_mel_bins=80)
-    torch.manual_seed(7)
-    model = WhisperForConditionalGeneration(config)
-    with torch.no_grad():  # no zero biases or unit norms: every tensor distinct
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    model.save_pretrained(path)
-    (path / "tokenizer.json").write_bytes((BUNDLED / "tokenizer.json").read_bytes())
-    return path
+from tests.whisper_factory import BUNDLED, tiny_whisper  # noqa: E402
 
 
 def test_round_trip_is_exact_on_a_tiny_whisper(tmp_path: Path) -> None:
@@ -83,3 +66,22 @@ def test_export_hf_command(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1])["same"] is True
     assert (tmp_path / "hf" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_the_bundled_model_survives_the_trip_to_transformers_and_back(tmp_path: Path) -> None:
+    """CT2 -> HF -> CT2 (float16) gives back the bundled model bit for bit: weights,
+    config.json (suppressed tokens, alignment heads, language ids) and vocabulary. What
+    `minyin finetune` converts after training is shaped exactly like what it started from."""
+    from asr.finetune import convert
+
+    export_hf(BUNDLED, tmp_path / "hf")
+    convert(tmp_path / "hf", tmp_path / "back", "float16")
+    _, before = read_ct2(BUNDLED / "model.bin")
+    _, after = read_ct2(tmp_path / "back" / "model.bin")
+    assert set(before) == set(after)
+    assert [k for k in before if before[k].dtype != after[k].dtype
+            or not (before[k] == after[k]).all()] == []
+    for name in ("config.json", "vocabulary.json", "tokenizer.json"):
+        assert json.loads((BUNDLED / name).read_text(encoding="utf-8")) == json.loads(
+            (tmp_path / "back" / name).read_text(encoding="utf-8")), name

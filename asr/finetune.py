@@ -1,0 +1,324 @@
+"""Fine-tuning a Hugging Face Whisper on clips with verified text, and converting the
+result to CTranslate2 (``minyin finetune``; `pipeline.finetune` runs the whole job).
+
+transformers' `Trainer` does the training: the loop, AdamW with linear warm-up and
+decay, checkpoints every ``save_steps`` (resumed from the newest one when a run is
+started again), the progress bar and the loss. LoRA comes from peft: adapters on the
+attention projections (q, k, v, out) and the feed-forward layers (fc1, fc2) of the
+encoder and the decoder (or the decoder only), merged into the weights before
+conversion so the result is a plain Whisper that CTranslate2 converts like any other.
+
+Each example is trained the way the workers decode: ``<|startoftranscript|><|lang|>
+<|transcribe|><|notimestamps|>`` and the text (the transcriber runs without
+timestamps), after ``<|startofprev|>`` and the profile's initial prompt when it has
+one. The loss covers the text and ``<|endoftext|>`` only.
+
+Needs the ``finetune`` extra (torch, transformers, peft); imported only by that command.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+# files a Whisper directory carries besides the weights, kept through training
+_SIDE_FILES = ("tokenizer.json", "vocabulary.json", "preprocessor_config.json",
+               "minyin_export.json")
+
+
+class FinetuneError(ValueError):
+    """A fine-tuning run refused or failed; the message says why."""
+
+
+@dataclass(frozen=True)
+class Example:
+    audio: Path  # 16 kHz mono speech, at most 30 s
+    text: str
+    prompt: str | None = None  # the dialect profile's initial prompt, if any
+
+
+@dataclass
+class TrainConfig:
+    method: Literal["lora", "full"] = "lora"
+    epochs: float = 3.0
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = 8
+    grad_accum: int = 1
+    learning_rate: float | None = None  # None: 1e-3 for LoRA, 1e-5 for full
+    warmup: float = 0.1  # a fraction of the steps
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    encoder: bool = True  # adapt (or train) the encoder too, not only the decoder
+    language: str = "zh"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = 0  # torch CPU threads; 0: torch's default
+    save_steps: int = 50
+    logging_steps: int = 5
+    seed: int = 0
+
+    @property
+    def lr(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 1e-3 if self.method == "lora" else 1e-5
+
+
+@dataclass
+class TrainResult:
+    merged_dir: Path
+    device: str
+    steps: int
+    epochs: float
+    wall_s: float
+    train_loss: float | None
+    loss: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) as logged
+    resumed_from: str | None = None
+    trainable_parameters: int = 0
+    total_parameters: int = 0
+
+
+def is_hf_whisper(path: Path) -> bool:
+    """A Hugging Face Whisper directory (config.json of model_type whisper + weights)."""
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return config.get("model_type") == "whisper" and any(
+        (path / f).is_file() for f in ("model.safetensors", "pytorch_model.bin",
+                                       "model.safetensors.index.json"))
+
+
+class _Tokens:
+    """The label sequences, from the model's own ``tokenizer.json``."""
+
+    def __init__(self, tokenizer_json: Path, language: str, max_length: int) -> None:
+        from tokenizers import Tokenizer
+
+        from asr.export_hf import special_ids
+
+        if not tokenizer_json.is_file():
+            raise FinetuneError(f"{tokenizer_json.parent} has no tokenizer.json")
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_json))
+        ids = special_ids(tokenizer_json)
+        names = ("<|startoftranscript|>", f"<|{language}|>", "<|transcribe|>",
+                 "<|notimestamps|>")
+        missing = [n for n in (*names, "<|endoftext|>", "<|startofprev|>") if n not in ids]
+        if missing:
+            raise FinetuneError(f"{tokenizer_json} lacks {missing}")
+        self.start = [ids[n] for n in names]
+        self.eot = ids["<|endoftext|>"]
+        self.prev = ids["<|startofprev|>"]
+        self.max_length = max_length
+
+    def encode(self, text: str, prompt: str | None) -> tuple[list[int], list[int]]:
+        """(decoder input ids, labels); labels are -100 where no loss is wanted."""
+        context: list[int] = []
+        if prompt and prompt.strip():
+            # as faster-whisper sends an initial prompt: a space, then the prompt
+            words = self.tokenizer.encode(" " + prompt.strip(), add_special_tokens=False).ids
+            context = [self.prev, *words[-(self.max_length // 2 - 1):]]
+        text_ids = self.tokenizer.encode(text.strip(), add_special_tokens=False).ids
+        full = [*context, *self.start, *text_ids, self.eot]
+        if len(full) > self.max_length:
+            raise FinetuneError(f"text of {len(text_ids)} tokens does not fit Whisper's "
+                                f"{self.max_length}-token window")
+        skip = len(context) + len(self.start) - 1
+        return full[:-1], [-100] * skip + full[skip + 1:]
+
+
+class _Clips:
+    """A torch-style dataset: log-mel features and label ids per example."""
+
+    def __init__(self, examples: Sequence[Example], tokens: _Tokens, features: Any,
+                 load_audio: Callable[[Path], np.ndarray]) -> None:
+        self.examples, self.tokens, self.features = list(examples), tokens, features
+        self.load_audio = load_audio
+        # token errors surface before an hour of training, not in the middle of it
+        self.encoded = [tokens.encode(e.text, e.prompt) for e in self.examples]
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        audio = self.load_audio(self.examples[i].audio)
+        if len(audio) > 30 * SAMPLE_RATE:
+            raise FinetuneError(f"{self.examples[i].audio} is longer than 30 s")
+        feats = self.features(audio, sampling_rate=SAMPLE_RATE,
+                              return_tensors="np").input_features[0]
+        inputs, labels = self.encoded[i]
+        return {"input_features": feats, "decoder_input_ids": inputs, "labels": labels}
+
+
+def _collate(pad_id: int) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+    def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(b["decoder_input_ids"]) for b in batch)
+        inputs = [b["decoder_input_ids"] + [pad_id] * (width - len(b["decoder_input_ids"]))
+                  for b in batch]
+        # padding comes after the end: the causal mask keeps it out of every real step
+        labels = [b["labels"] + [-100] * (width - len(b["labels"])) for b in batch]
+        return {"input_features": torch.from_numpy(np.stack([b["input_features"]
+                                                             for b in batch])),
+                "decoder_input_ids": torch.tensor(inputs), "labels": torch.tensor(labels)}
+    return collate
+
+
+def pick_device(wanted: str) -> str:
+    import torch
+
+    if wanted == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise FinetuneError("--device cuda, but torch sees no CUDA GPU (the CPU build "
+                            "of torch is installed?)")
+    return wanted
+
+
+def run_fingerprint(base: Path, examples: Sequence[Example], config: TrainConfig) -> str:
+    """What a checkpoint belongs to: resuming with other data or settings is refused."""
+    settings = asdict(config)
+    for volatile in ("device", "threads", "save_steps", "logging_steps"):
+        settings.pop(volatile)
+    digest = hashlib.sha256(f"{base.resolve()}\n{json.dumps(settings, sort_keys=True)}\n"
+                            .encode())
+    for e in examples:
+        digest.update(f"{e.audio}\t{e.text}\t{e.prompt}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def train(base: Path, examples: Sequence[Example], work: Path, config: TrainConfig, *,
+          load_audio: Callable[[Path], np.ndarray], resume: bool = True,
+          progress: bool = True, callbacks: Sequence[Any] = ()) -> TrainResult:
+    """Fine-tune the Hugging Face Whisper in ``base`` and write the merged model to
+    ``work/merged``; checkpoints go to ``work/checkpoints``. `callbacks` are
+    transformers ``TrainerCallback`` objects (progress reporting, early stop)."""
+    import torch
+    from transformers import (
+        Trainer,
+        TrainingArguments,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+    )
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not is_hf_whisper(base):
+        raise FinetuneError(f"{base} is not a Hugging Face Whisper directory")
+    if not examples:
+        raise FinetuneError("no training examples")
+    device = pick_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+
+    model = WhisperForConditionalGeneration.from_pretrained(base)
+    tokens = _Tokens(base / "tokenizer.json", config.language,
+                     model.config.max_target_positions)
+    features = WhisperFeatureExtractor(feature_size=model.config.num_mel_bins)
+    dataset = _Clips(examples, tokens, features, load_audio)
+    model = _make_trainable(model, config)
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("training %s of %s parameters (%s)", f"{trainable:,}", f"{total:,}",
+             config.method)
+
+    work.mkdir(parents=True, exist_ok=True)
+    checkpoints = work / "checkpoints"
+    fingerprint = run_fingerprint(base, examples, config)
+    stamp = work / "run.json"
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if last and resume:
+        earlier = json.loads(stamp.read_text(encoding="utf-8")).get("fingerprint") \
+            if stamp.is_file() else None
+        if earlier != fingerprint:
+            raise FinetuneError(f"{checkpoints} holds checkpoints of another run (other "
+                                "data, base or settings); use --restart or another --work")
+    elif checkpoints.is_dir():
+        shutil.rmtree(checkpoints)  # a restart: old checkpoints must not be resumed later
+        last = None
+    stamp.write_text(json.dumps({"fingerprint": fingerprint, "config": asdict(config)},
+                                indent=1), encoding="utf-8")
+
+    use_bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+    args = TrainingArguments(
+        output_dir=str(checkpoints), per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum, learning_rate=config.lr,
+        num_train_epochs=config.epochs, max_steps=config.max_steps,
+        warmup_steps=config.warmup, lr_scheduler_type="linear", weight_decay=0.0,
+        logging_steps=config.logging_steps, logging_first_step=True,
+        save_strategy="steps", save_steps=config.save_steps, save_total_limit=2,
+        report_to="none", use_cpu=device == "cpu", seed=config.seed,
+        bf16=use_bf16, fp16=device == "cuda" and not use_bf16,
+        remove_unused_columns=False, dataloader_num_workers=0,
+        dataloader_pin_memory=device == "cuda", disable_tqdm=not progress,
+        label_names=["labels"])
+    trainer = Trainer(model=model, args=args, train_dataset=dataset,
+                      data_collator=_collate(tokens.eot), callbacks=list(callbacks))
+    t0 = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=last if resume else None)
+    wall = time.perf_counter() - t0
+    trainer.save_model(str(checkpoints / "final"))  # the adapter (or weights), as trained
+
+    merged = work / "merged"
+    if merged.exists():
+        shutil.rmtree(merged)
+    model = trainer.model
+    if config.method == "lora":
+        model = model.merge_and_unload()
+    model = model.to("cpu", dtype=torch.float32)
+    model.save_pretrained(merged)
+    for name in _SIDE_FILES:
+        if (base / name).is_file():
+            shutil.copyfile(base / name, merged / name)
+    losses = [(int(e["step"]), float(e["loss"])) for e in trainer.state.log_history
+              if "loss" in e]
+    return TrainResult(merged_dir=merged, device=device, steps=trainer.state.global_step,
+                       epochs=round(float(trainer.state.epoch or 0), 3), wall_s=round(wall, 1),
+                       train_loss=round(float(output.training_loss), 4)
+                       if output.training_loss is not None else None,
+                       loss=losses, resumed_from=Path(last).name if last and resume else None,
+                       trainable_parameters=trainable, total_parameters=total)
+
+
+def _make_trainable(model: Any, config: TrainConfig) -> Any:
+    """The model to train: wrapped with LoRA adapters (peft), or itself with every
+    weight of the chosen parts trainable (full)."""
+    if config.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        parts = "model\\.(encoder|decoder)" if config.encoder else "model\\.decoder"
+        target = f"{parts}\\.layers\\.\\d+\\..*({'|'.join(PROJECTIONS)})"
+        return get_peft_model(model, LoraConfig(
+            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+            target_modules=target, bias="none"))
+    if config.method != "full":
+        raise FinetuneError(f"unknown method {config.method!r} (lora or full)")
+    if not config.encoder:
+        for p in model.model.encoder.parameters():
+            p.requires_grad = False
+    return model
+
+
+def convert(hf_dir: Path, out: Path, quantization: str) -> Path:
+    """CTranslate2 model in ``out`` (quantization: float16, int8, float32, ...) with
+    the tokenizer and feature settings faster-whisper reads."""
+    from ctranslate2.converters import TransformersConverter
+
+    files = [f for f in ("tokenizer.json", "preprocessor_config.json")
+             if (hf_dir / f).is_file()]
+    TransformersConverter(str(hf_dir), copy_files=files).convert(
+        str(out), quantization=quantization, force=True)
+    return out

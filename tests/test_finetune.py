@@ -1,0 +1,220 @@
+"""minyin finetune (issue 6, part 3): a 2-step fine-tune of a tiny random Whisper runs end
+to end into a registered, loadable CTranslate2 model; training resumes from its newest
+checkpoint; bad datasets are refused with the reason."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+from asr.export_hf import export_hf, read_ct2  # noqa: E402
+from asr.finetune import Example, FinetuneError, TrainConfig, convert, train  # noqa: E402
+from pipeline.audio import decode_audio, write_wav  # noqa: E402
+from pipeline.config import Settings  # noqa: E402
+from pipeline.finetune import load_dataset, run_finetune  # noqa: E402
+from pipeline.models import current_spec, list_models, promote  # noqa: E402
+from pipeline.process import VoicePipeline  # noqa: E402
+from pipeline.store import Store  # noqa: E402
+from tests.conftest import SAMPLES, read_manifest  # noqa: E402
+from tests.service import MINYIN  # noqa: E402
+from tests.whisper_factory import tiny_whisper  # noqa: E402
+
+
+def make_dataset(root: Path, *, train: int = 4, validation: int = 2) -> Path:
+    """Real sample speech cut at its reference segments, in the corrections layout."""
+    rows: list[dict] = []
+    for entry in read_manifest(SAMPLES / "manifest.jsonl"):
+        if entry["channels"] != 1:
+            continue
+        audio = decode_audio(SAMPLES / entry["audio"]).mono
+        for k, seg in enumerate(entry["segments"]):
+            name = f"audio/{Path(entry['audio']).stem}_{k}.wav"
+            clip = audio[int(seg["start_s"] * 16000): int(seg["end_s"] * 16000)]
+            write_wav(root / name, clip)
+            rows.append({"audio": name, "text": seg["text"], "dialect": "mandarin",
+                         "source": "voice_note", "duration_s": len(clip) / 16000})
+            if len(rows) == train + validation:
+                break
+        if len(rows) == train + validation:
+            break
+    for side, part in (("train", rows[:train]), ("validation", rows[train:])):
+        (root / f"{side}.jsonl").write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in part), encoding="utf-8")
+    (root / "data_card.json").write_text(json.dumps({
+        "format": "minyin-corrections/1", "clips": {"train": train, "validation": validation}}),
+        encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_ct2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Whisper as a CTranslate2 model under a models directory (like whisper-base)."""
+    root = tmp_path_factory.mktemp("tiny")
+    hf = tiny_whisper(root / "hf")
+    models = root / "models"
+    convert(hf, models / "tiny-base", "float32")
+    (models / "tiny-base" / "card.json").write_text(json.dumps(
+        {"name": "tiny-base", "version": "1"}), encoding="utf-8")
+    return models / "tiny-base"
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data"))
+
+
+def test_two_steps_end_to_end_into_a_registered_loadable_model(
+        tmp_path: Path, tiny_ct2: Path, dataset: Path) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(tiny_ct2, models / "tiny-base")
+    settings = Settings(models_dir=models, data_dir=tmp_path / "var", model="tiny-base",
+                        beam_size=1, cpu_threads=2)
+    regression = tmp_path / "regression.jsonl"
+    entry = read_manifest(SAMPLES / "manifest.jsonl")[4]
+    regression.write_text(json.dumps({"audio": str(SAMPLES / entry["audio"]),
+                                      "text": entry["text"]}, ensure_ascii=False) + "\n",
+                          encoding="utf-8")
+    lines: list[str] = []
+    card = run_finetune(dataset, "tiny-base", models / "tiny" / "v1", settings,
+                        TrainConfig(max_steps=2, batch_size=2, save_steps=1, logging_steps=1,
+                                    device="cpu"),
+                        regression=regression, progress=False, say=lines.append)
+
+    out = models / "tiny" / "v1"
+    assert (out / "model.bin").is_file() and (out / "int8" / "model.bin").is_file()
+    assert not list(models.glob("tiny/.*"))  # the staging directory was renamed
+    # the card: what the registry reads, and what the next planner needs
+    assert json.loads((out / "card.json").read_text(encoding="utf-8")) == card
+    assert card["name"] == "tiny" and card["version"] == "v1" and card["base"] == "tiny-base"
+    assert card["training"]["steps"] == 2 and card["training"]["method"] == "lora"
+    assert [step for step, _ in card["training"]["loss"]] == [1, 2]
+    assert card["data"]["train_clips"] == 4 and card["data"]["validation_clips"] == 2
+    for which in ("validation", "regression"):
+        assert card["cer"][which]["before"] >= 0 and card["cer"][which]["after"] >= 0
+        assert card["cer"][which]["after_detail"]["clips"] == (2 if which == "validation"
+                                                               else 1)
+    assert card["created_at"] and card["ctranslate2"] == {"float16": ".", "int8": "int8"}
+    assert any("validation: CER" in line for line in lines)
+
+    # the conversion kept what faster-whisper needs from the base
+    base_config = json.loads((models / "tiny-base" / "config.json").read_text())
+    assert json.loads((out / "config.json").read_text()) == base_config
+    assert (out / "tokenizer.json").is_file() and (out / "preprocessor_config.json").is_file()
+    weights = read_ct2(out / "model.bin")[1]
+    assert weights["decoder/layer_0/self_attention/linear_0/weight"].dtype.name == "float16"
+    int8 = read_ct2(out / "int8" / "model.bin")[1]
+    assert int8["decoder/layer_0/self_attention/linear_0/weight"].dtype.name == "int8"
+    # LoRA on the decoder's projections changed them; the merged model differs from the base
+    _, base_weights = read_ct2(models / "tiny-base" / "model.bin")
+    key = "decoder/layer_1/ffn/linear_0/weight"
+    assert not (weights[key].astype("float32") == base_weights[key]).all()
+
+    # registered: listed once (the int8 variant is the card's, not a model of its own),
+    # promoted, and loaded by a worker's pipeline by name and version
+    store = Store.from_settings(settings, migrate=True)
+    assert sorted(e.model for e in list_models(store, settings)) == ["tiny-base", "tiny/v1"]
+    promote(store, settings, "tiny/v1", author="test")
+    pipe = VoicePipeline(settings)
+    assert pipe.use_model(current_spec(store, settings))
+    assert (pipe.model_ref.name, pipe.model_ref.version) == ("tiny", "v1")
+    pipe.transcriber  # noqa: B018 - loads
+    # the same run again does not overwrite the model
+    with pytest.raises(FinetuneError, match="already holds a model"):
+        run_finetune(dataset, "tiny-base", out, settings, TrainConfig(max_steps=1),
+                     progress=False)
+
+
+def test_training_resumes_from_the_newest_checkpoint(tmp_path: Path, tiny_ct2: Path,
+                                                     dataset: Path) -> None:
+    from transformers import TrainerCallback
+
+    class StopAt(TrainerCallback):  # an interrupted run: stops after step 2
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                control.should_training_stop = True
+            return control
+
+    hf = export_hf(tiny_ct2, tmp_path / "hf")
+    rows = load_dataset(dataset)
+    examples = rows.examples(rows.train)
+    config = TrainConfig(max_steps=4, batch_size=2, save_steps=1, logging_steps=1,
+                         device="cpu", method="full", learning_rate=1e-4)
+
+    def load(p: Path):
+        return decode_audio(p).mono
+
+    first = train(hf, examples, tmp_path / "work", config, load_audio=load, progress=False,
+                  callbacks=[StopAt()])
+    assert first.steps == 2 and first.resumed_from is None
+    assert (tmp_path / "work" / "checkpoints" / "checkpoint-2").is_dir()
+    again = train(hf, examples, tmp_path / "work", config, load_audio=load, progress=False)
+    assert again.resumed_from == "checkpoint-2" and again.steps == 4
+    assert [step for step, _ in again.loss] == [1, 2, 3, 4]  # the history carried over
+
+    # other data with the old checkpoints: refused, not silently mixed
+    other = [Example(e.audio, e.text + "。") for e in examples]
+    with pytest.raises(FinetuneError, match="another run"):
+        train(hf, other, tmp_path / "work", config, load_audio=load, progress=False)
+    fresh = train(hf, other, tmp_path / "work", config, load_audio=load, progress=False,
+                  resume=False)
+    assert fresh.resumed_from is None and fresh.steps == 4
+
+
+def test_a_bad_dataset_is_refused_with_the_reason(tmp_path: Path, dataset: Path) -> None:
+    with pytest.raises(FinetuneError, match="is not a directory"):
+        load_dataset(tmp_path / "nowhere")
+    broken = tmp_path / "broken"
+    shutil.copytree(dataset, broken)
+    (broken / "audio" / sorted(p.name for p in (broken / "audio").iterdir())[0]).unlink()
+    with pytest.raises(FinetuneError, match="is missing"):
+        load_dataset(broken)
+    empty = tmp_path / "empty"
+    shutil.copytree(dataset, empty)
+    (empty / "validation.jsonl").write_text("", encoding="utf-8")
+    with pytest.raises(FinetuneError, match=r"validation\.jsonl has no clips"):
+        load_dataset(empty)
+    (empty / "data_card.json").write_text('{"format": "other/9"}', encoding="utf-8")
+    with pytest.raises(FinetuneError, match="not minyin-corrections/1"):
+        load_dataset(empty)
+
+
+def test_examples_are_laid_out_as_the_workers_decode(tiny_ct2: Path) -> None:
+    """<|startofprev|> prompt, <|startoftranscript|><|zh|><|transcribe|><|notimestamps|>,
+    text, <|endoftext|>: the loss covers the text and the end only."""
+    from asr.export_hf import special_ids
+    from asr.finetune import _Tokens
+
+    ids = special_ids(tiny_ct2 / "tokenizer.json")
+    tokens = _Tokens(tiny_ct2 / "tokenizer.json", "zh", 448)
+    inputs, labels = tokens.encode("路灯坏了", None)
+    start = [ids[t] for t in ("<|startoftranscript|>", "<|zh|>", "<|transcribe|>",
+                              "<|notimestamps|>")]
+    assert inputs[:4] == start and len(inputs) == len(labels)
+    text = inputs[4:]
+    assert tokens.tokenizer.decode(text) == "路灯坏了"
+    assert labels == [-100] * 3 + text + [ids["<|endoftext|>"]]
+    inputs, labels = tokens.encode("路灯坏了", "浦江县")
+    assert inputs[0] == ids["<|startofprev|>"] and inputs.index(start[0]) > 1
+    assert labels[inputs.index(start[0]) + 3:] == [*text, ids["<|endoftext|>"]]
+    assert set(labels[:inputs.index(start[0]) + 3]) == {-100}
+    with pytest.raises(FinetuneError, match="does not fit"):
+        tokens.encode("路灯坏了" * 200, None)
+
+
+def test_the_finetune_command_refuses_bad_input(tmp_path: Path) -> None:
+    run = subprocess.run([*MINYIN, "finetune", "--data", str(tmp_path / "nowhere"),
+                          "--out", str(tmp_path / "models" / "x" / "v1")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "is not a directory" in " ".join(run.stderr.split())
+    run = subprocess.run([*MINYIN, "finetune", "--data", str(tmp_path), "--out",
+                          str(tmp_path / "o"), "--method", "qlora"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "--method is lora or full" in " ".join(run.stderr.split())
