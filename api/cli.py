@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -643,6 +644,12 @@ def finetune(
     lora_alpha: Annotated[int, typer.Option(min=1)] = 32,
     decoder_only: Annotated[bool, typer.Option(
         help="adapt the decoder only (about 3x faster on a CPU)")] = False,
+    cross_attention: Annotated[bool, typer.Option(
+        help="LoRA on the decoder's cross-attention too (how it reads the audio)")] = True,
+    merge_scale: Annotated[float, typer.Option(
+        min=0.01, max=1.0, help="share of the learned change merged into the model "
+        "(WiSE-FT; below 1 keeps more of the base's general ear). Resume a finished run "
+        "with another value to merge it again without training")] = 1.0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     threads: Annotated[int, typer.Option(help="torch CPU threads (0: all)")] = 0,
     save_steps: Annotated[int, typer.Option(min=1, help="checkpoint every N steps")] = 50,
@@ -680,11 +687,15 @@ def finetune(
                          batch_size=batch_size, grad_accum=grad_accum,
                          learning_rate=learning_rate, lora_r=lora_r, lora_alpha=lora_alpha,
                          encoder=not decoder_only, language=settings.language,
-                         device=device, threads=threads, save_steps=save_steps)  # type: ignore[arg-type]
+                         device=device, threads=threads, save_steps=save_steps,
+                         cross_attention=cross_attention, merge_scale=merge_scale)  # type: ignore[arg-type]
     try:
-        card = run_finetune(data, base, out, settings, config, regression=regression,
-                            work=work, resume=not restart, overwrite=overwrite,
-                            say=lambda line: err.print(line, highlight=False, markup=False))
+        # the Trainer writes its loss lines to stdout; stdout is for the card alone
+        with contextlib.redirect_stdout(sys.stderr):
+            card = run_finetune(data, base, out, settings, config, regression=regression,
+                                work=work, resume=not restart, overwrite=overwrite,
+                                say=lambda line: err.print(line, highlight=False,
+                                                           markup=False))
     except (FinetuneError, ModelError) as e:
         _fail(str(e))
     print(json.dumps(card, ensure_ascii=False))

@@ -33,7 +33,6 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 # files a Whisper directory carries besides the weights, kept through training
 _SIDE_FILES = ("tokenizer.json", "vocabulary.json", "preprocessor_config.json",
                "minyin_export.json")
@@ -63,12 +62,20 @@ class TrainConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     encoder: bool = True  # adapt (or train) the encoder too, not only the decoder
+    # the decoder's cross-attention (how it reads the audio); off keeps the base's
+    # reading of voices unlike the training speakers (LoRA only)
+    cross_attention: bool = True
     language: str = "zh"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0  # torch CPU threads; 0: torch's default
     save_steps: int = 50
     logging_steps: int = 5
     seed: int = 0
+    # how much of the learned change goes into the merged model: 1 all of it, 0.5 half
+    # way between base and fine-tuned weights (weight-space ensembling, WiSE-FT): keeps
+    # more of the base's ear for speech unlike the training data. Applied after
+    # training, so a finished run can be merged again at another scale by resuming it.
+    merge_scale: float = 1.0
 
     @property
     def lr(self) -> float:
@@ -84,7 +91,7 @@ class TrainResult:
     steps: int
     epochs: float
     wall_s: float
-    train_loss: float | None
+    train_loss: float | None  # the last logged loss (of the whole run, resumed or not)
     loss: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) as logged
     resumed_from: str | None = None
     trainable_parameters: int = 0
@@ -192,7 +199,7 @@ def pick_device(wanted: str) -> str:
 def run_fingerprint(base: Path, examples: Sequence[Example], config: TrainConfig) -> str:
     """What a checkpoint belongs to: resuming with other data or settings is refused."""
     settings = asdict(config)
-    for volatile in ("device", "threads", "save_steps", "logging_steps"):
+    for volatile in ("device", "threads", "save_steps", "logging_steps", "merge_scale"):
         settings.pop(volatile)
     digest = hashlib.sha256(f"{base.resolve()}\n{json.dumps(settings, sort_keys=True)}\n"
                             .encode())
@@ -220,6 +227,8 @@ def train(base: Path, examples: Sequence[Example], work: Path, config: TrainConf
         raise FinetuneError(f"{base} is not a Hugging Face Whisper directory")
     if not examples:
         raise FinetuneError("no training examples")
+    if not 0 < config.merge_scale <= 1:
+        raise FinetuneError(f"merge scale {config.merge_scale} is outside (0, 1]")
     device = pick_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -268,17 +277,14 @@ def train(base: Path, examples: Sequence[Example], work: Path, config: TrainConf
     trainer = Trainer(model=model, args=args, train_dataset=dataset,
                       data_collator=_collate(tokens.eot), callbacks=list(callbacks))
     t0 = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=last if resume else None)
+    trainer.train(resume_from_checkpoint=last if resume else None)
     wall = time.perf_counter() - t0
     trainer.save_model(str(checkpoints / "final"))  # the adapter (or weights), as trained
 
     merged = work / "merged"
     if merged.exists():
         shutil.rmtree(merged)
-    model = trainer.model
-    if config.method == "lora":
-        model = model.merge_and_unload()
-    model = model.to("cpu", dtype=torch.float32)
+    model = _merged(trainer.model, base, config)
     model.save_pretrained(merged)
     for name in _SIDE_FILES:
         if (base / name).is_file():
@@ -287,10 +293,31 @@ def train(base: Path, examples: Sequence[Example], work: Path, config: TrainConf
               if "loss" in e]
     return TrainResult(merged_dir=merged, device=device, steps=trainer.state.global_step,
                        epochs=round(float(trainer.state.epoch or 0), 3), wall_s=round(wall, 1),
-                       train_loss=round(float(output.training_loss), 4)
-                       if output.training_loss is not None else None,
+                       train_loss=round(losses[-1][1], 4) if losses else None,
                        loss=losses, resumed_from=Path(last).name if last and resume else None,
                        trainable_parameters=trainable, total_parameters=total)
+
+
+def _merged(model: Any, base: Path, config: TrainConfig) -> Any:
+    """The plain Whisper to convert: LoRA adapters merged, `merge_scale` of the change."""
+    import torch
+    from transformers import WhisperForConditionalGeneration
+
+    scale = config.merge_scale
+    if config.method == "lora":
+        if scale != 1:
+            for module in model.modules():
+                if isinstance(getattr(module, "scaling", None), dict):
+                    module.scaling = {k: v * scale for k, v in module.scaling.items()}
+        return model.merge_and_unload().to("cpu", dtype=torch.float32)
+    model = model.to("cpu", dtype=torch.float32)
+    if scale != 1:
+        start = WhisperForConditionalGeneration.from_pretrained(base).state_dict()
+        with torch.no_grad():
+            for name, tensor in model.state_dict().items():
+                if tensor.is_floating_point():
+                    tensor.copy_(start[name] + scale * (tensor - start[name]))
+    return model
 
 
 def _make_trainable(model: Any, config: TrainConfig) -> Any:
@@ -300,7 +327,9 @@ def _make_trainable(model: Any, config: TrainConfig) -> Any:
         from peft import LoraConfig, get_peft_model
 
         parts = "model\\.(encoder|decoder)" if config.encoder else "model\\.decoder"
-        target = f"{parts}\\.layers\\.\\d+\\..*({'|'.join(PROJECTIONS)})"
+        blocks = "(self_attn|encoder_attn)" if config.cross_attention else "self_attn"
+        target = (f"{parts}\\.layers\\.\\d+\\.({blocks}\\.(q_proj|k_proj|v_proj|out_proj)"
+                  "|fc1|fc2)")
         return get_peft_model(model, LoraConfig(
             r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
             target_modules=target, bias="none"))

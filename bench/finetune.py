@@ -59,9 +59,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--decoder-only", action="store_true")
+    parser.add_argument("--no-cross-attention", action="store_true")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--run", default=datetime.now(timezone.utc).strftime("%Y%m%d-%H%M"))
+    parser.add_argument("--merge-scale", type=float, default=1.0)
+    parser.add_argument("--work-of", help="reuse this earlier run's work directory: a "
+                        "finished training is merged again (--merge-scale) without training")
     parser.add_argument("--skip-plain", action="store_true")
     args = parser.parse_args()
 
@@ -72,9 +76,12 @@ def main() -> None:
                "--base", "whisper-base", "--out", str(out), "--epochs", str(args.epochs),
                "--batch-size", str(args.batch_size), "--learning-rate",
                str(args.learning_rate), "--device", args.device, "--threads",
-               str(args.threads), "--work", str(OUT / f"finetune-work-{args.run}")]
+               str(args.threads), "--work", str(OUT / f"finetune-work-{args.work_of or args.run}"),
+               "--merge-scale", str(args.merge_scale)]
     if args.decoder_only:
         command.append("--decoder-only")
+    if args.no_cross_attention:
+        command.append("--no-cross-attention")
     if SHARED.is_file():
         command += ["--regression", str(SHARED)]
     env = {**os.environ, "MINYIN_CPU_THREADS": str(args.threads)}
@@ -101,6 +108,9 @@ def main() -> None:
         "training_wall_s": training["wall_s"], "device": training["device"],
         "steps": training["steps"], "epochs": training["epochs_done"],
         "method": training["method"], "encoder": training["encoder"],
+        "learning_rate": training["learning_rate"], "merge_scale": training["merge_scale"],
+        "cross_attention": training.get("cross_attention"),
+        "resumed_from": training["resumed_from"],
         "train_clips": card["data"]["train_clips"],
         "validation_clips": card["data"]["validation_clips"],
         "train_hours": card["data"]["card"].get("hours", {}).get("train"),

@@ -19,6 +19,7 @@ in, a CTranslate2 model with a measured card out, ready for ``minyin models prom
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -151,9 +152,25 @@ def resolve_base(base: str, settings: Settings, work: Path) -> Base:
     return Base(hf, Path(ref.path), spec)
 
 
+def _eval_key(settings: Settings, model: Path, items: list[EvalItem]) -> str:
+    """What a measurement depends on: the model's weights (path, size, mtime), the clips
+    and the decoding settings. The base is measured once for any number of runs."""
+    weights = (model / "model.bin").stat()
+    blob = json.dumps([str(model.resolve()), weights.st_size, weights.st_mtime_ns,
+                       [(str(i.audio), i.text, i.dialect) for i in items],
+                       settings.compute_type, settings.beam_size, settings.device,
+                       settings.language])
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
 def evaluate(settings: Settings, model: Path, items: list[EvalItem],
              on_clip: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """CER of `model` on `items` through the workers' pipeline (the clip's profile)."""
+    """CER of `model` on `items` through the workers' pipeline (the clip's profile);
+    a measurement already made with the same weights, clips and settings is reused."""
+    cache = settings.data_dir / "finetune" / "eval-cache" / \
+        f"{_eval_key(settings, model, items)}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text(encoding="utf-8"))
     pipe = VoicePipeline(settings)
     pipe.use_model(str(model))
     by_audio = {str(i.audio): i for i in items}
@@ -170,8 +187,12 @@ def evaluate(settings: Settings, model: Path, items: list[EvalItem],
                     f"{result.error or result.hypothesis}")
     forget_model(pipe.model_ref)  # measured; its memory can go
     summary = summarise(results)
-    return {"cer": summary.cer, "clips": summary.clips, "failed": summary.failed,
-            "ref_chars": summary.ref_chars, "errors": summary.errors}
+    measured = {"cer": summary.cer, "clips": summary.clips, "failed": summary.failed,
+                "ref_chars": summary.ref_chars, "errors": summary.errors}
+    if not summary.failed:  # a failure may be passing; measure again next time
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(measured), encoding="utf-8")
+    return measured
 
 
 def regression_items(manifest: Path) -> list[EvalItem]:

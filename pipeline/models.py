@@ -9,9 +9,10 @@ names the model (``name``, ``version``) and, for a fine-tuned one, its measured 
              "regression": {"before": 0.14, "after": 0.145}}, ...}
 
 The current model is a row in the store (`Store.current_model`), shared by every host.
-`promote` checks the candidate loads and that its validation CER is no worse than the
+`promote` checks the candidate loads, that its validation CER is no worse than the
 current model's (or, when the current model has no CER of its own, than its own base's
-on the same validation split); `force` overrides that check, and the row says so.
+on the same validation split), and that the card's regression set got no more than one
+point worse than under its base; `force` overrides those checks, and the row says so.
 `rollback` makes the model before the current one current again. Workers compare the
 current row with what they have loaded at the start of every job
 (`VoicePipeline.use_model`), so a promotion reaches them without a restart.
@@ -27,6 +28,10 @@ from typing import Any
 from asr.model import BUNDLED_NAME, ModelError, ModelRef, load_whisper, resolve_model
 from pipeline.config import Settings
 from pipeline.store import ModelPromotion, Store
+
+# how much worse the fixed regression set may get (CER, absolute) before a promotion is
+# refused: a model tuned to one county must not forget how everyone else speaks
+REGRESSION_TOLERANCE = 0.01
 
 
 class RegistryError(ValueError):
@@ -115,6 +120,13 @@ def promote(store: Store, settings: Settings, model: str, *, author: str,
             raise RegistryError(f"{spec} has validation CER {candidate:.2%}, worse than "
                                 f"{compared_to} ({baseline:.2%}); promote with --force to "
                                 "use it anyway")
+        regression = (card.get("cer") or {}).get("regression") or {}
+        before, after = regression.get("before"), regression.get("after")
+        if isinstance(before, (int, float)) and isinstance(after, (int, float)) \
+                and after - before > REGRESSION_TOLERANCE:
+            raise RegistryError(f"{spec} made the regression set worse: CER {before:.2%} -> "
+                                f"{after:.2%} (more than {REGRESSION_TOLERANCE:.0%} "
+                                "worse); promote with --force to use it anyway")
     return store.record_promotion(model=spec, name=ref.name, version=ref.version,
                                   action="promote", author=author, forced=force,
                                   validation_cer=candidate, reason=reason)

@@ -5,8 +5,10 @@ checkpoint; bad datasets are refused with the reason."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -159,6 +161,19 @@ def test_training_resumes_from_the_newest_checkpoint(tmp_path: Path, tiny_ct2: P
     assert again.resumed_from == "checkpoint-2" and again.steps == 4
     assert [step for step, _ in again.loss] == [1, 2, 3, 4]  # the history carried over
 
+    # a finished run merged again at half scale, without training: half way (WiSE-FT)
+    from transformers import WhisperForConditionalGeneration
+
+    start = WhisperForConditionalGeneration.from_pretrained(hf).state_dict()
+    full = WhisperForConditionalGeneration.from_pretrained(again.merged_dir).state_dict()
+    halfway = train(hf, examples, tmp_path / "work", replace(config, merge_scale=0.5),
+                    load_audio=load, progress=False)
+    assert halfway.resumed_from == "checkpoint-4" and halfway.steps == 4
+    half = WhisperForConditionalGeneration.from_pretrained(halfway.merged_dir).state_dict()
+    key = "model.decoder.layers.0.fc1.weight"
+    assert not torch.equal(start[key], full[key])
+    assert torch.allclose(half[key], start[key] + 0.5 * (full[key] - start[key]), atol=1e-6)
+
     # other data with the old checkpoints: refused, not silently mixed
     other = [Example(e.audio, e.text + "。") for e in examples]
     with pytest.raises(FinetuneError, match="another run"):
@@ -166,6 +181,35 @@ def test_training_resumes_from_the_newest_checkpoint(tmp_path: Path, tiny_ct2: P
     fresh = train(hf, other, tmp_path / "work", config, load_audio=load, progress=False,
                   resume=False)
     assert fresh.resumed_from is None and fresh.steps == 4
+
+
+def test_lora_merge_scale_takes_that_share_of_the_change(tiny_ct2: Path, tmp_path: Path) -> None:
+    from peft import get_peft_model  # noqa: F401 - the extra is there
+    from transformers import WhisperForConditionalGeneration
+
+    from asr.finetune import _make_trainable, _merged
+
+    hf = export_hf(tiny_ct2, tmp_path / "hf")
+    start = WhisperForConditionalGeneration.from_pretrained(hf).state_dict()
+    merged = {}
+    for scale in (1.0, 0.25):
+        config = TrainConfig(merge_scale=scale)
+        torch.manual_seed(3)  # the same adapter both times (A is drawn at creation)
+        model = _make_trainable(WhisperForConditionalGeneration.from_pretrained(hf), config)
+        with torch.no_grad():  # a trained adapter: B is no longer zero
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(torch.randn_like(p) * 0.1)
+        merged[scale] = _merged(model, hf, config).state_dict()
+    for key in ("model.encoder.layers.1.self_attn.q_proj.weight",
+                "model.decoder.layers.0.encoder_attn.v_proj.weight",
+                "model.decoder.layers.1.fc2.weight"):
+        change = merged[1.0][key] - start[key]
+        assert change.abs().max() > 0
+        assert torch.allclose(merged[0.25][key] - start[key], 0.25 * change, atol=1e-6)
+    with pytest.raises(FinetuneError, match="outside"):
+        train(hf, [Example(tmp_path, "x")], tmp_path / "w", TrainConfig(merge_scale=1.5),
+              load_audio=len)
 
 
 def test_a_bad_dataset_is_refused_with_the_reason(tmp_path: Path, dataset: Path) -> None:
@@ -209,12 +253,33 @@ def test_examples_are_laid_out_as_the_workers_decode(tiny_ct2: Path) -> None:
         tokens.encode("路灯坏了" * 200, None)
 
 
-def test_the_finetune_command_refuses_bad_input(tmp_path: Path) -> None:
+def test_the_finetune_command(tmp_path: Path, tiny_ct2: Path, dataset: Path) -> None:
+    """The CLI: progress and loss on stderr, the card alone on stdout; bad input refused."""
+    regression = tmp_path / "regression.jsonl"
+    entry = read_manifest(SAMPLES / "manifest.jsonl")[0]
+    regression.write_text(json.dumps({"audio": str(SAMPLES / entry["audio"]),
+                                      "text": entry["text"]}, ensure_ascii=False) + "\n",
+                          encoding="utf-8")
+    env = {**os.environ, "MINYIN_DATA_DIR": str(tmp_path / "var"),
+           "MINYIN_MODELS_DIR": str(tmp_path / "models"), "MINYIN_BEAM_SIZE": "1",
+           "MINYIN_CPU_THREADS": "2"}
+    out = tmp_path / "models" / "tiny" / "v2"
+    run = subprocess.run([*MINYIN, "finetune", "--data", str(dataset), "--base", str(tiny_ct2),
+                          "--out", str(out), "--max-steps", "1", "--batch-size", "2",
+                          "--decoder-only", "--device", "cpu", "--regression", str(regression)],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    card = json.loads(run.stdout)  # nothing but the card
+    assert card["training"]["steps"] == 1 and card["training"]["encoder"] is False
+    assert card["cer"]["regression"]["manifest"] == str(regression)
+    assert "'loss'" in run.stderr and "validation: CER" in " ".join(run.stderr.split())
+    assert (out / "card.json").is_file() and (out / "int8" / "card.json").is_file()
+
     run = subprocess.run([*MINYIN, "finetune", "--data", str(tmp_path / "nowhere"),
                           "--out", str(tmp_path / "models" / "x" / "v1")],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, env=env)
     assert run.returncode == 2 and "is not a directory" in " ".join(run.stderr.split())
-    run = subprocess.run([*MINYIN, "finetune", "--data", str(tmp_path), "--out",
+    run = subprocess.run([*MINYIN, "finetune", "--data", str(dataset), "--out",
                           str(tmp_path / "o"), "--method", "qlora"],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, env=env)
     assert run.returncode == 2 and "--method is lora or full" in " ".join(run.stderr.split())

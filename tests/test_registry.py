@@ -49,6 +49,10 @@ def registry(tmp_path: Path) -> dict[str, Any]:
                                      "cer": {"validation": {"before": 0.30, "after": 0.27}}})
     candidate(models, "worse/v1", {"name": "worse", "version": "v1", "base": "whisper-base",
                                    "cer": {"validation": {"before": 0.30, "after": 0.35}}})
+    candidate(models, "forgetful/v1", {"name": "forgetful", "version": "v1",
+                                       "base": "whisper-base",
+                                       "cer": {**cer, "regression": {"before": 0.123,
+                                                                     "after": 0.221}}})
     candidate(models, "uncarded/v1", {"name": "uncarded", "version": "v1"})
     candidate(models, "broken/v1", {"name": "broken", "version": "v1", "cer": cer}, broken=True)
     settings = Settings(data_dir=tmp_path / "data", models_dir=models, cpu_threads=2)
@@ -62,6 +66,9 @@ def test_promotion_rules_and_rollback(registry: dict[str, Any]) -> None:
 
     with pytest.raises(RegistryError, match=r"worse than its base whisper-base \(30.00%\)"):
         promote(store, settings, "worse/v1", author="ops")
+    # better on its own validation split, but it forgot general speech (bench run cpu1)
+    with pytest.raises(RegistryError, match=r"regression set worse: CER 12.30% -> 22.10%"):
+        promote(store, settings, "forgetful/v1", author="ops")
     with pytest.raises(RegistryError, match="no validation CER"):
         promote(store, settings, "uncarded/v1", author="ops")
     with pytest.raises(RegistryError, match="cannot be promoted"):
