@@ -125,8 +125,8 @@ def promote(store: Store, settings: Settings, model: str, *, author: str,
         if isinstance(before, (int, float)) and isinstance(after, (int, float)) \
                 and after - before > REGRESSION_TOLERANCE:
             raise RegistryError(f"{spec} made the regression set worse: CER {before:.2%} -> "
-                                f"{after:.2%} (more than {REGRESSION_TOLERANCE:.0%} "
-                                "worse); promote with --force to use it anyway")
+                                f"{after:.2%}, more than {REGRESSION_TOLERANCE * 100:g} "
+                                "point worse; promote with --force to use it anyway")
     return store.record_promotion(model=spec, name=ref.name, version=ref.version,
                                   action="promote", author=author, forced=force,
                                   validation_cer=candidate, reason=reason)
