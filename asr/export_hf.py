@@ -222,9 +222,7 @@ def export_hf(ct2_dir: str | Path, out_dir: str | Path) -> Path:
 
 def prompt_ids(tokenizer_json: Path, language: str = "zh") -> list[int]:
     """<|startoftranscript|><|lang|><|transcribe|><|notimestamps|> as token ids."""
-    data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
-    ids = {t["content"]: t["id"] for t in data.get("added_tokens", [])}
-    ids.update(data.get("model", {}).get("vocab", {}))
+    ids = special_ids(tokenizer_json)
     names = ("<|startoftranscript|>", f"<|{language}|>", "<|transcribe|>", "<|notimestamps|>")
     missing = [n for n in names if n not in ids]
     if missing:

@@ -115,18 +115,19 @@ class _Tokens:
     def __init__(self, tokenizer_json: Path, language: str, max_length: int) -> None:
         from tokenizers import Tokenizer
 
-        from asr.export_hf import special_ids
+        from asr.export_hf import ExportError, prompt_ids, special_ids
 
         if not tokenizer_json.is_file():
             raise FinetuneError(f"{tokenizer_json.parent} has no tokenizer.json")
         self.tokenizer = Tokenizer.from_file(str(tokenizer_json))
         ids = special_ids(tokenizer_json)
-        names = ("<|startoftranscript|>", f"<|{language}|>", "<|transcribe|>",
-                 "<|notimestamps|>")
-        missing = [n for n in (*names, "<|endoftext|>", "<|startofprev|>") if n not in ids]
+        try:
+            self.start = prompt_ids(tokenizer_json, language)
+        except ExportError as e:
+            raise FinetuneError(str(e)) from None
+        missing = [n for n in ("<|endoftext|>", "<|startofprev|>") if n not in ids]
         if missing:
             raise FinetuneError(f"{tokenizer_json} lacks {missing}")
-        self.start = [ids[n] for n in names]
         self.eot = ids["<|endoftext|>"]
         self.prev = ids["<|startofprev|>"]
         self.max_length = max_length

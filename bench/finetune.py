@@ -92,8 +92,7 @@ def main() -> None:
         sys.exit(f"minyin finetune failed ({run.returncode})")
     card = json.loads(run.stdout.strip().splitlines()[-1])
 
-    held_out = [(args.data / r["audio"], r["text"]) for r in map(
-        json.loads, (args.data / "validation.jsonl").read_text(encoding="utf-8").splitlines())]
+    held_out = [(e.audio, e.text) for e in load_manifest(args.data / "validation.jsonl")]
     shared = [(e.audio, e.text) for e in load_manifest(SHARED)] if SHARED.is_file() else []
     plain = {}
     if not args.skip_plain:

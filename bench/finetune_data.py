@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import wave
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -33,7 +32,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import audiogen  # noqa: E402
-from scripts.make_samples import TTS_SR, Speaker, Voice  # noqa: E402
+from scripts.make_samples import (  # noqa: E402
+    TTS_SR,
+    Speaker,
+    Voice,
+    _peak_normalise,
+    write_wav_pcm16,
+)
 
 SR = 16000
 
@@ -86,16 +91,7 @@ def condition(audio: np.ndarray, line: str, rng: np.random.Generator,
     elif line == "phone":
         narrow = audiogen.phone_band(audiogen.resample(audio, SR, 8000), 8000)
         audio = audiogen.resample(audiogen.mulaw_roundtrip(narrow), 8000, SR)
-    peak = float(np.max(np.abs(audio))) or 1.0
-    return (audio * (10 ** (-3 / 20) / peak)).astype(np.float32)
-
-
-def write_wav(path: Path, audio: np.ndarray) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SR)
-        w.writeframes((np.clip(audio, -1, 1) * 32767).round().astype(np.int16).tobytes())
+    return _peak_normalise(audio, -3.0)
 
 
 def main() -> None:
@@ -132,7 +128,7 @@ def main() -> None:
         speech = audiogen.resample(speaker.sentence(text, caller["voice"], rng), TTS_SR, SR)
         audio = condition(speech, caller["line"], rng, babble_pool)
         name = f"audio/clip{i:04d}.wav"
-        write_wav(args.out / name, audio)
+        write_wav_pcm16(args.out / name, audio, SR)
         duration = round(len(audio) / SR, 3)
         hours[caller["side"]] += duration / 3600
         rows[caller["side"]].append({

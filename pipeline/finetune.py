@@ -43,26 +43,15 @@ CARD_FORMAT = "minyin-model-card/1"
 
 
 @dataclass(frozen=True)
-class EvalItem:
-    audio: Path
-    text: str
-    dialect: str | None
-
-
-@dataclass(frozen=True)
 class Dataset:
-    root: Path
-    train: list[dict[str, Any]]
-    validation: list[dict[str, Any]]
+    """The two splits as manifest entries (audio resolved; ``extra`` keeps the dialect)."""
+
+    train: list[ManifestEntry]
+    validation: list[ManifestEntry]
     card: dict[str, Any]
 
-    def examples(self, rows: list[dict[str, Any]]) -> list[Example]:
-        return [Example(self.root / r["audio"], r["text"], _prompt(r.get("dialect")))
-                for r in rows]
-
-    def eval_items(self) -> list[EvalItem]:
-        return [EvalItem(self.root / r["audio"], r["text"], r.get("dialect"))
-                for r in self.validation]
+    def examples(self, entries: list[ManifestEntry]) -> list[Example]:
+        return [Example(e.audio, e.text, _prompt(e.extra.get("dialect"))) for e in entries]
 
 
 def _prompt(dialect: str | None) -> str | None:
@@ -86,35 +75,26 @@ def load_dataset(root: Path) -> Dataset:
     if card.get("format") != DATASET_FORMAT:
         raise FinetuneError(f"{root} is a {card.get('format')!r} dataset, not "
                             f"{DATASET_FORMAT}")
-    sides: dict[str, list[dict[str, Any]]] = {}
+    sides: dict[str, list[ManifestEntry]] = {}
     for side in ("train", "validation"):
-        rows = []
         path = root / f"{side}.jsonl"
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except OSError as e:
-            raise FinetuneError(f"{path} cannot be read: {e}") from None
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                audio, text = row["audio"], row["text"]
-            except (ValueError, KeyError, TypeError):
-                raise FinetuneError(f"{path}:{n} is not a clip line (audio, text)") from None
-            if not isinstance(text, str) or not text.strip():
-                raise FinetuneError(f"{path}:{n} has no text")
-            if not (root / audio).is_file():
-                raise FinetuneError(f"{path}:{n}: {root / audio} is missing")
-            rows.append(row)
-        sides[side] = rows
+            entries = load_manifest(path)  # the same lines: audio relative to the file
+        except ManifestError as e:
+            raise FinetuneError(str(e)) from None
+        for entry in entries:
+            if not entry.text.strip():
+                raise FinetuneError(f"{path}: {entry.audio.name} has no text")
+            if not entry.audio.is_file():
+                raise FinetuneError(f"{path}: {entry.audio} is missing")
+        sides[side] = entries
     if not sides["train"]:
         raise FinetuneError(f"{root}/train.jsonl has no clips")
     if not sides["validation"]:
         raise FinetuneError(f"{root}/validation.jsonl has no clips: the new model's CER "
                             "could not be measured (export with a larger "
                             "--validation-fraction)")
-    return Dataset(root, sides["train"], sides["validation"], card)
+    return Dataset(sides["train"], sides["validation"], card)
 
 
 @dataclass(frozen=True)
@@ -152,18 +132,18 @@ def resolve_base(base: str, settings: Settings, work: Path) -> Base:
     return Base(hf, Path(ref.path), spec)
 
 
-def _eval_key(settings: Settings, model: Path, items: list[EvalItem]) -> str:
+def _eval_key(settings: Settings, model: Path, items: list[ManifestEntry]) -> str:
     """What a measurement depends on: the model's weights (path, size, mtime), the clips
     and the decoding settings. The base is measured once for any number of runs."""
     weights = (model / "model.bin").stat()
     blob = json.dumps([str(model.resolve()), weights.st_size, weights.st_mtime_ns,
-                       [(str(i.audio), i.text, i.dialect) for i in items],
+                       [(str(i.audio), i.text, i.extra.get("dialect")) for i in items],
                        settings.compute_type, settings.beam_size, settings.device,
                        settings.language])
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def evaluate(settings: Settings, model: Path, items: list[EvalItem],
+def evaluate(settings: Settings, model: Path, items: list[ManifestEntry],
              on_clip: Callable[[str], None] | None = None) -> dict[str, Any]:
     """CER of `model` on `items` through the workers' pipeline (the clip's profile);
     a measurement already made with the same weights, clips and settings is reused."""
@@ -173,14 +153,14 @@ def evaluate(settings: Settings, model: Path, items: list[EvalItem],
         return json.loads(cache.read_text(encoding="utf-8"))
     pipe = VoicePipeline(settings)
     pipe.use_model(str(model))
-    by_audio = {str(i.audio): i for i in items}
+    dialects = {i.audio: i.extra.get("dialect") for i in items}
 
     def one(path: Path) -> tuple[str, float]:
-        outcome = pipe.process(path, name=path.name, dialect=by_audio[str(path)].dialect)
+        outcome = pipe.process(path, name=path.name, dialect=dialects[path])
         return outcome.transcript.text, outcome.decoded.duration
 
     results = []
-    for result in run_eval([ManifestEntry(i.audio, i.text, {}) for i in items], one):
+    for result in run_eval(items, one):
         results.append(result)
         if on_clip:
             on_clip(f"{Path(result.audio).name}\tcer={result.cer:.3f}\t"
@@ -195,12 +175,15 @@ def evaluate(settings: Settings, model: Path, items: list[EvalItem],
     return measured
 
 
-def regression_items(manifest: Path) -> list[EvalItem]:
+def regression_items(manifest: Path) -> list[ManifestEntry]:
     try:
-        return [EvalItem(e.audio, e.text, e.extra.get("dialect"))
-                for e in load_manifest(manifest)]
+        entries = load_manifest(manifest)
     except ManifestError as e:
         raise FinetuneError(f"regression set: {e}") from None
+    for entry in entries:
+        if not entry.audio.is_file():
+            raise FinetuneError(f"regression set: {entry.audio} is missing")
+    return entries
 
 
 def run_finetune(data: Path, base: str, out: Path, settings: Settings, config: TrainConfig,
@@ -217,9 +200,6 @@ def run_finetune(data: Path, base: str, out: Path, settings: Settings, config: T
         raise FinetuneError(f"--out {out}: use models/NAME/VERSION")
     dataset = load_dataset(data)
     regression_set = regression_items(regression) if regression else []
-    for item in regression_set:
-        if not item.audio.is_file():
-            raise FinetuneError(f"regression set: {item.audio} is missing")
     work = work or settings.data_dir / "finetune" / f"{name}-{version}"
     started = datetime.now(timezone.utc)
 
@@ -245,7 +225,7 @@ def run_finetune(data: Path, base: str, out: Path, settings: Settings, config: T
     convert(result.merged_dir, staging / "int8", "int8")
 
     cer: dict[str, Any] = {}
-    sets = {"validation": dataset.eval_items(), "regression": regression_set}
+    sets = {"validation": dataset.validation, "regression": regression_set}
     for which, items in sets.items():
         if not items:
             continue

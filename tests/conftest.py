@@ -19,6 +19,14 @@ def read_manifest(path: Path) -> list[dict]:
             if line.strip()]
 
 
+def sample_subset(path: Path, index: int) -> Path:
+    """A one-clip manifest (absolute audio path) of samples/' clip number `index`."""
+    entry = read_manifest(SAMPLES / "manifest.jsonl")[index]
+    path.write_text(json.dumps({"audio": str(SAMPLES / entry["audio"]), "text": entry["text"]},
+                               ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
 @pytest.fixture(scope="session")
 def shared_manifest() -> list[dict]:
     manifest = SHARED_AUDIO / "manifest.jsonl"

@@ -15,7 +15,7 @@ transformers = pytest.importorskip("transformers")
 
 from asr.export_hf import ExportError, export_hf, greedy_pair, read_ct2  # noqa: E402
 from pipeline.audio import decode_audio  # noqa: E402
-from tests.conftest import ROOT, SAMPLES, SHARED_AUDIO, read_manifest  # noqa: E402
+from tests.conftest import ROOT, SAMPLES, SHARED_AUDIO, read_manifest, sample_subset  # noqa: E402
 from tests.service import MINYIN  # noqa: E402
 from tests.whisper_factory import BUNDLED, tiny_whisper  # noqa: E402
 
@@ -56,10 +56,7 @@ def test_the_bundled_export_decodes_like_ctranslate2(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_export_hf_command(tmp_path: Path) -> None:
-    manifest = tmp_path / "m.jsonl"
-    entry = read_manifest(SAMPLES / "manifest.jsonl")[4]
-    manifest.write_text(json.dumps({"audio": str(SAMPLES / entry["audio"]),
-                                    "text": entry["text"]}) + "\n", encoding="utf-8")
+    manifest = sample_subset(tmp_path / "m.jsonl", 4)
     out = subprocess.run([*MINYIN, "models", "export-hf", "--out", str(tmp_path / "hf"),
                           "--verify", str(manifest)], cwd=ROOT, capture_output=True,
                          text=True, timeout=600)

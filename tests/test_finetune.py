@@ -25,7 +25,7 @@ from pipeline.finetune import load_dataset, run_finetune  # noqa: E402
 from pipeline.models import current_spec, list_models, promote  # noqa: E402
 from pipeline.process import VoicePipeline  # noqa: E402
 from pipeline.store import Store  # noqa: E402
-from tests.conftest import SAMPLES, read_manifest  # noqa: E402
+from tests.conftest import SAMPLES, read_manifest, sample_subset  # noqa: E402
 from tests.service import MINYIN  # noqa: E402
 from tests.whisper_factory import tiny_whisper  # noqa: E402
 
@@ -79,11 +79,7 @@ def test_two_steps_end_to_end_into_a_registered_loadable_model(
     shutil.copytree(tiny_ct2, models / "tiny-base")
     settings = Settings(models_dir=models, data_dir=tmp_path / "var", model="tiny-base",
                         beam_size=1, cpu_threads=2)
-    regression = tmp_path / "regression.jsonl"
-    entry = read_manifest(SAMPLES / "manifest.jsonl")[4]
-    regression.write_text(json.dumps({"audio": str(SAMPLES / entry["audio"]),
-                                      "text": entry["text"]}, ensure_ascii=False) + "\n",
-                          encoding="utf-8")
+    regression = sample_subset(tmp_path / "regression.jsonl", 4)
     lines: list[str] = []
     card = run_finetune(dataset, "tiny-base", models / "tiny" / "v1", settings,
                         TrainConfig(max_steps=2, batch_size=2, save_steps=1, logging_steps=1,
@@ -255,11 +251,7 @@ def test_examples_are_laid_out_as_the_workers_decode(tiny_ct2: Path) -> None:
 
 def test_the_finetune_command(tmp_path: Path, tiny_ct2: Path, dataset: Path) -> None:
     """The CLI: progress and loss on stderr, the card alone on stdout; bad input refused."""
-    regression = tmp_path / "regression.jsonl"
-    entry = read_manifest(SAMPLES / "manifest.jsonl")[0]
-    regression.write_text(json.dumps({"audio": str(SAMPLES / entry["audio"]),
-                                      "text": entry["text"]}, ensure_ascii=False) + "\n",
-                          encoding="utf-8")
+    regression = sample_subset(tmp_path / "regression.jsonl", 0)
     env = {**os.environ, "MINYIN_DATA_DIR": str(tmp_path / "var"),
            "MINYIN_MODELS_DIR": str(tmp_path / "models"), "MINYIN_BEAM_SIZE": "1",
            "MINYIN_CPU_THREADS": "2"}
