@@ -1,15 +1,20 @@
-"""Dialect profiles: what to tell Whisper and how to map dialect words to standard ones."""
+"""Dialect profiles: what to tell Whisper and how to map dialect words to standard ones.
+
+A deployment's region (浙江省金华市浦江县) picks the default profile (asr/data/regions.yaml)
+and adds its towns and villages, from jionlp, to the gazetteer of every profile used
+there: `profile_for_region`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from importlib import resources
 from pathlib import Path
 
 import yaml
 
-from asr.gazetteer import PlaceCorrector
+from asr.gazetteer import PlaceCorrector, region_names
 
 
 class ProfileError(ValueError):
@@ -90,3 +95,61 @@ def load_profile(name_or_path: str, extra_dir: Path | None = None) -> DialectPro
         f"unknown dialect profile {name_or_path!r}; available: "
         f"{', '.join(available_profiles(extra_dir))}"
     )
+
+
+# -- regions -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RegionDefaults:
+    """A line of asr/data/regions.yaml."""
+
+    prefix: str  # a region whose full name starts with this (浙江省金华市浦江县)
+    profile: str  # its default dialect profile
+    names: tuple[str, ...] = ()  # names jionlp does not have: roads, sights, agencies
+
+
+@lru_cache(maxsize=1)
+def region_table() -> tuple[str, tuple[RegionDefaults, ...]]:
+    """(default profile, region entries longest prefix first) from regions.yaml."""
+    path = Path(str(resources.files("asr") / "data" / "regions.yaml"))
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    entries = []
+    for item in data.get("regions") or ():
+        if not isinstance(item, dict) or not item.get("prefix") or not item.get("profile"):
+            raise ProfileError(f"{path}: every region needs a 'prefix' and a 'profile'")
+        entries.append(RegionDefaults(
+            prefix=str(item["prefix"]),
+            profile=str(item["profile"]),
+            names=tuple(str(n) for n in item.get("names") or ()),
+        ))
+    entries.sort(key=lambda e: len(e.prefix), reverse=True)
+    return str(data.get("default") or "mandarin"), tuple(entries)
+
+
+def region_defaults(region: str) -> RegionDefaults:
+    """The regions.yaml entry for a region (its full name, as `region_names` gives it);
+    an entry with the table's default profile and no names when none matches."""
+    default, entries = region_table()
+    return next((e for e in entries if region.startswith(e.prefix)),
+                RegionDefaults(prefix="", profile=default))
+
+
+@lru_cache(maxsize=32)
+def profile_for_region(region: str | None, dialect: str | None,
+                       extra_dir: Path | None = None) -> DialectProfile:
+    """The profile an upload gets: the dialect it names if any, else the region's
+    default (mandarin where the region has none, or no region is set). With a region,
+    the profile's gazetteer gains the region's names: regions.yaml's and jionlp's
+    towns and villages, full and spoken (浦阳街道, 浦阳), without repeats.
+
+    An unknown region is a `GazetteerError` (a ValueError) naming it."""
+    def load(name: str) -> DialectProfile:  # the same cached object load_profile(name) is
+        return load_profile(name, extra_dir) if extra_dir else load_profile(name)
+
+    if not region:
+        return load(dialect or region_table()[0])
+    places = region_names(region)
+    defaults = region_defaults(places.name)
+    profile = load(dialect or defaults.profile)
+    names = tuple(dict.fromkeys((*profile.gazetteer, *defaults.names, *places.all_names())))
+    return replace(profile, gazetteer=names)
