@@ -13,6 +13,7 @@ setup: $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev]"
 	$(BIN)/minyin models setup
+	$(BIN)/minyin lm fit lm/default samples/manifest.jsonl --unless-fitted
 
 demo: setup
 	$(BIN)/minyin transcribe samples/

@@ -32,6 +32,9 @@ app.add_typer(users_app, name="users")
 corrections_app = typer.Typer(no_args_is_help=True,
                               help="Staff corrections as training data.")
 app.add_typer(corrections_app, name="corrections")
+from api.cli_lm import lm_app  # noqa: E402
+
+app.add_typer(lm_app, name="lm")
 
 err = Console(stderr=True)
 
@@ -169,8 +172,9 @@ def evaluate(
                 results.append(result)
                 progress.advance(task)
                 line = (f"[{name}] {Path(result.audio).name}\t{result.audio_s:.1f}s\t"
-                        f"cer={result.cer:.3f}\t{result.seconds:.2f}s\t"
-                        f"{result.error or result.hypothesis}")
+                        f"cer={result.cer:.3f}\tcer_numbers={result.cer_numbers:.3f}\t"
+                        f"{result.seconds:.2f}s\n  ref {result.reference}\n"
+                        f"  hyp {result.error or result.hypothesis}")
                 progress.console.print(line, highlight=False, markup=False, soft_wrap=True)
         return results
 
@@ -208,6 +212,13 @@ def models_setup(force: Annotated[bool, typer.Option(help="assemble again")] = F
     except ModelError as exc:
         _fail(str(exc))
     err.print(f"model ready and verified: {path}", highlight=False)
+    from pipeline.language_model import ensure_default_lm
+
+    # the shipped character LM, built from packaged sources (about a minute), with the
+    # deployment's region names (MINYIN_REGION) when one is set
+    settings = get_settings()
+    lm = ensure_default_lm(settings.models_dir, force=force, region=settings.region)
+    err.print(f"language model ready: {lm}", highlight=False)
 
 
 @models_app.command("list")

@@ -466,6 +466,8 @@ class ModelPromotion(Base):
     __table_args__ = (CheckConstraint("action IN ('promote', 'rollback')", name="action"),)
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    # which registry: 'asr' (Whisper) or 'lm' (the character language model)
+    kind: Mapped[str] = mapped_column(String(8), default="asr", server_default="asr")
     # what MINYIN_MODEL would say: "whisper-base" or a directory under models/ (NAME/VERSION)
     model: Mapped[str] = mapped_column(String(300))
     name: Mapped[str] = mapped_column(String(200))
@@ -1199,21 +1201,23 @@ class Store:
 
     # -- model registry ------------------------------------------------------------------
 
-    def current_model(self) -> ModelPromotion | None:
-        """The newest promotion or rollback; None: nothing promoted (settings decide)."""
+    def current_model(self, kind: str = "asr") -> ModelPromotion | None:
+        """The newest promotion or rollback of `kind` ('asr' or 'lm'); None: nothing
+        promoted (settings decide)."""
         with self.session() as s:
-            return s.scalar(select(ModelPromotion)
+            return s.scalar(select(ModelPromotion).where(ModelPromotion.kind == kind)
                             .order_by(ModelPromotion.id.desc()).limit(1))
 
-    def model_history(self) -> list[ModelPromotion]:
+    def model_history(self, kind: str = "asr") -> list[ModelPromotion]:
         with self.session() as s:
-            return list(s.scalars(select(ModelPromotion).order_by(ModelPromotion.id.desc())))
+            return list(s.scalars(select(ModelPromotion).where(ModelPromotion.kind == kind)
+                                  .order_by(ModelPromotion.id.desc())))
 
     def record_promotion(self, *, model: str, name: str, version: str, action: str,
                          author: str, forced: bool = False,
                          validation_cer: float | None = None,
-                         reason: str | None = None) -> ModelPromotion:
-        row = ModelPromotion(model=model, name=name, version=version, action=action,
+                         reason: str | None = None, kind: str = "asr") -> ModelPromotion:
+        row = ModelPromotion(kind=kind, model=model, name=name, version=version, action=action,
                              author=author, forced=forced, validation_cer=validation_cer,
                              reason=reason, created_at=utcnow())
         with self.session() as s:
