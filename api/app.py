@@ -43,6 +43,7 @@ from pipeline.audio import AudioError, sniff_format, write_playable_wav
 from pipeline.blobs import BlobStore
 from pipeline.config import Settings, get_settings
 from pipeline.jobs import INTAKE_STATUS, JobContext, accept_upload, blob_store
+from pipeline.language_model import current_lm_spec
 from pipeline.models import current_spec
 from pipeline.process import VoicePipeline
 from pipeline.store import ApiKey, Job, Store, TicketRow
@@ -495,6 +496,9 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
         s: Settings = request.app.state.settings
         # the registry's current model (minyin models promote), else MINYIN_MODEL
         return {"model": current_spec(store_of(request), s), "default_model": s.model,
+                # the character LM for rescoring and correction (minyin lm promote)
+                "language_model": current_lm_spec(store_of(request), s),
+                "default_language_model": s.lm,
                 "device": s.device, "compute_type": s.compute_type,
                 "batch_size": s.batch_size, "beam_size": s.beam_size,
                 "dialects": available_profiles()}

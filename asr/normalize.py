@@ -116,6 +116,32 @@ def normalize_text(text: str, *, lexicon: Mapping[str, str] | None = None,
     return normalize_punctuation(text, terminal=terminal)
 
 
+# Numbers as spoken or as digits, for scoring only: 一百五十 and 150, 十一 and 11,
+# 幺三八 and 138 are one form on both sides of a comparison.
+_NUMERAL_RUN = re.compile(r"[零〇一二两三四五六七八九十百千万亿幺]+")
+_FULLWIDTH_DIGITS = str.maketrans("０１２３４５６７８９", "0123456789")
+_DIGIT_MAP_ALL = str.maketrans({**{k: v for k, v in zip("零〇一二三四五六七八九幺",
+                                                        "00123456789" + "1", strict=True)},
+                                "两": "2"})
+
+
+def _numeral_to_digits(match: re.Match[str]) -> str:
+    run = match.group(0)
+    if any(ch in run for ch in "十百千万亿"):
+        try:
+            value = cn2an.cn2an(run, "smart")
+            return str(int(value)) if float(value).is_integer() else str(value)
+        except (ValueError, KeyError, TypeError):
+            pass  # not one number (万一, 十十): read digit by digit below
+    return run.translate(_DIGIT_MAP_ALL)
+
+
+def canonical_numbers(text: str) -> str:
+    """Every number in digits (the same rule on both sides, so idioms such as 一样
+    become 1样 in reference and hypothesis alike and cost nothing)."""
+    return _NUMERAL_RUN.sub(_numeral_to_digits, text.translate(_FULLWIDTH_DIGITS))
+
+
 _STRIP_FOR_SCORING = re.compile(r"[\s" + re.escape(_PUNCT_CHARS) + r"\u3000]+")
 
 

@@ -14,12 +14,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+from faster_whisper import BatchedInferencePipeline
 
 from asr import guards
 from asr.guards import GuardConfig
 from asr.normalize import normalize_text
 from asr.profiles import DialectProfile
-from asr.types import Segment
+from asr.rescore import LanguageTools
+from asr.types import Hypothesis, Segment
 
 log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
@@ -68,6 +70,9 @@ class TranscribeOptions:
     without_timestamps: bool = True
     initial_prompt: str | None = None
     hotwords: str | None = None
+    # hypotheses kept per window (at most beam_size); more than one only pays off with
+    # a language model to choose among them
+    num_hypotheses: int = 1
     retry_temperatures: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
     # windows handed to the batched pipeline at once: bounds feature memory on long audio
     windows_per_call: int = 32
@@ -90,18 +95,81 @@ class WindowResult:
     flags: list[str]
 
 
+class NBestPipeline(BatchedInferencePipeline):
+    """faster-whisper's batched pipeline, keeping CTranslate2's n best per window.
+
+    `BatchedInferencePipeline.generate_segment_batched` asks for one hypothesis; this
+    one asks for `num_hypotheses` and leaves them, by the window's start offset, in
+    `nbest` while the pipeline carries on with the first. One instance per call, so the
+    stash is never shared by two jobs.
+    """
+
+    def __init__(self, model, num_hypotheses: int = 1) -> None:
+        super().__init__(model)
+        self.num_hypotheses = num_hypotheses
+        self.nbest: dict[float, list[Hypothesis]] = {}
+        self._last: list[list[Hypothesis]] = []
+
+    def forward(self, features, tokenizer, chunks_metadata, options):
+        out = super().forward(features, tokenizer, chunks_metadata, options)
+        for meta, hyps in zip(chunks_metadata, self._last, strict=True):
+            self.nbest[round(float(meta["offset"]), 3)] = hyps
+        return out
+
+    def generate_segment_batched(self, features, tokenizer, options):
+        # faster-whisper 1.x's method plus num_hypotheses (monolingual prompts only:
+        # minyin always names the language)
+        prompt = self.model.get_prompt(
+            tokenizer,
+            previous_tokens=(tokenizer.encode(options.initial_prompt)
+                             if options.initial_prompt is not None else []),
+            without_timestamps=options.without_timestamps, hotwords=options.hotwords)
+        max_length = (len(prompt) + options.max_new_tokens
+                      if options.max_new_tokens is not None else self.model.max_length)
+        encoder_output = self.model.encode(features)
+        n = max(1, min(self.num_hypotheses, options.beam_size))
+        results = self.model.model.generate(
+            encoder_output, [list(prompt) for _ in range(features.shape[0])],
+            beam_size=options.beam_size, patience=options.patience,
+            num_hypotheses=n, length_penalty=options.length_penalty,
+            max_length=max_length, suppress_blank=options.suppress_blank,
+            suppress_tokens=options.suppress_tokens, return_scores=True,
+            return_no_speech_prob=True, sampling_temperature=options.temperatures[0],
+            repetition_penalty=options.repetition_penalty,
+            no_repeat_ngram_size=options.no_repeat_ngram_size,
+        )
+        output, self._last = [], []
+        for result in results:
+            hyps = []
+            for ids, score in zip(result.sequences_ids, result.scores, strict=True):
+                # CTranslate2's score is the log-probability over length ** penalty
+                cum = score * (len(ids) ** options.length_penalty)
+                hyps.append(Hypothesis(tokenizer.decode(ids).strip(), cum, len(ids)))
+            self._last.append(hyps)
+            seq_len = len(result.sequences_ids[0])
+            output.append(dict(avg_logprob=hyps[0].logprob / (seq_len + 1),
+                               no_speech_prob=result.no_speech_prob,
+                               tokens=result.sequences_ids[0]))
+        return encoder_output, output
+
+
 class Transcriber:
     """One loaded Whisper model and the way minyin asks it for Chinese text."""
 
     def __init__(self, model, *, model_name: str = "", model_version: str = "",
                  options: TranscribeOptions | None = None) -> None:
-        from faster_whisper import BatchedInferencePipeline
-
         self.model = model
-        self.batched = BatchedInferencePipeline(model)
         self.model_name = model_name
         self.model_version = model_version
         self.options = options or TranscribeOptions()
+        self.language = LanguageTools()
+
+    def use_language_model(self, tools: LanguageTools) -> None:
+        """Rescore and correct with `tools` from the next window on (LanguageTools()
+        for none); the beam then returns as many hypotheses as it searches."""
+        self.language = tools
+        self.options = replace(self.options, num_hypotheses=(
+            self.options.beam_size if tools.rescorer is not None else 1))
 
     def transcribe(self, audio: np.ndarray, windows: Sequence[Window], *,
                    channel: int = 0, speaker: str | None = None,
@@ -120,6 +188,8 @@ class Transcriber:
             clips = [_join(audio, pieces) for pieces in group]
             raw = self._batched(clips, opts)
             for pieces, clip, segs in zip(group, clips, raw, strict=True):
+                for seg in segs:
+                    self.language.rescore(seg)
                 result = self._guard_window(clip, segs, opts)
                 for seg in result.segments:
                     seg.start = _to_source(seg.start, pieces)
@@ -130,6 +200,7 @@ class Transcriber:
                     seg.text = normalize_text(seg.text, lexicon=lexicon)
                     if places:
                         seg.text = places.correct(seg.text)
+                    self.language.correct(seg, lambda t: normalize_text(t, lexicon=lexicon))
                 result.segments = [s for s in result.segments if s.text.strip("。，")]
                 yield result
 
@@ -143,7 +214,8 @@ class Transcriber:
             offset += len(clip)
         joined = np.concatenate(clips) if clips else np.zeros(0, np.float32)
         out: list[list[Segment]] = [[] for _ in clips]
-        seg_iter, _info = self.batched.transcribe(
+        batched = NBestPipeline(self.model, opts.num_hypotheses)
+        seg_iter, _info = batched.transcribe(
             joined, language=opts.language, beam_size=opts.beam_size,
             batch_size=opts.batch_size, vad_filter=False,
             clip_timestamps=[{"start": a, "end": b} for a, b in bounds],
@@ -158,6 +230,8 @@ class Transcriber:
             seg = self._from_fw(fs, window_end=bounds[index][1])
             seg.start = round(max(0.0, seg.start - bounds[index][0]), 3)
             seg.end = round(max(seg.start, seg.end - bounds[index][0]), 3)
+            if opts.num_hypotheses > 1:
+                seg.hypotheses = batched.nbest.get(round(bounds[index][0], 3), [])
             out[index].append(seg)
         return out
 

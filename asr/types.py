@@ -14,6 +14,15 @@ class Word:
     probability: float
 
 
+@dataclass(frozen=True)
+class Hypothesis:
+    """One of the beam's n best texts for a window."""
+
+    text: str
+    logprob: float  # cumulative natural-log probability under Whisper
+    tokens: int = 0
+
+
 @dataclass
 class Segment:
     """One recognised stretch of speech, times in seconds of the source audio."""
@@ -29,6 +38,8 @@ class Segment:
     # why this segment is doubtful (e.g. "low_confidence", "repetition_trimmed")
     flags: list[str] = field(default_factory=list)
     raw_text: str = ""  # model output before normalisation, kept for auditing
+    # the beam's n best for this window (raw text), when more than one was asked for
+    hypotheses: list[Hypothesis] = field(default_factory=list)
 
     @property
     def confidence(self) -> float:
@@ -46,5 +57,7 @@ class Transcript:
     dialect: str = "mandarin"
     model: str = ""
     model_version: str = ""
+    lm: str = ""  # the language model that rescored and corrected it ("" for none)
+    lm_version: str = ""
     # transcript-level doubts, e.g. "dropped_hallucination", "wrong_language"
     flags: list[str] = field(default_factory=list)

@@ -32,6 +32,14 @@ class Settings(BaseSettings):
     beam_size: int = 5
     language: str = "zh"
     dialect: str = "mandarin"
+    # the deployment's region, e.g. 浙江省金华市浦江县: its towns, villages and
+    # communities join the gazetteer, and its default dialect profile is used when an
+    # upload names none (unset: no region names, `dialect` as the default)
+    region: str | None = None
+    # the character language model for n-best rescoring and phonetic correction: a
+    # directory under models_dir/lm (or a path); "none" turns both off. The registry's
+    # current LM (minyin lm promote) takes precedence.
+    lm: str = "default"
 
     # --- audio ---
     max_audio_seconds: float = 3600.0

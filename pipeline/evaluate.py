@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rapidfuzz.distance import Levenshtein
 
-from asr.normalize import scoring_form
+from asr.normalize import canonical_numbers, scoring_form
 
 
-def char_errors(reference: str, hypothesis: str) -> tuple[int, int]:
-    """(edit distance, reference length) on the scoring form of both texts."""
+def char_errors(reference: str, hypothesis: str, *,
+                numbers: bool = False) -> tuple[int, int]:
+    """(edit distance, reference length) on the scoring form of both texts.
+
+    `numbers`: first put every number in digits on both sides (一百五十 / 150), so a
+    transcript is not charged for writing a number the other way than the reference.
+    """
+    if numbers:
+        reference, hypothesis = canonical_numbers(reference), canonical_numbers(hypothesis)
     ref, hyp = scoring_form(reference), scoring_form(hypothesis)
     return Levenshtein.distance(ref, hyp), len(ref)
 
@@ -22,6 +29,20 @@ def char_errors(reference: str, hypothesis: str) -> tuple[int, int]:
 def cer(reference: str, hypothesis: str) -> float:
     errors, length = char_errors(reference, hypothesis)
     return errors / max(1, length)
+
+
+def best_of_beam(reference: str, windows: Sequence[Sequence[str]]) -> str:
+    """The oracle: the clip's text with each window's hypothesis (one of `windows[i]`,
+    the first being the one chosen) picked to minimise the errors, numbers in one form.
+    One pass of coordinate descent over the windows: exact for a single window."""
+    choice = [options[0] if options else "" for options in windows]
+    for i, options in enumerate(windows):
+        def errors(text: str, i: int = i, choice: list[str] = choice) -> int:
+            joined = "".join([*choice[:i], text, *choice[i + 1:]])
+            return char_errors(reference, joined, numbers=True)[0]
+        if len(options) > 1:
+            choice[i] = min(options, key=errors)
+    return "".join(choice)
 
 
 @dataclass(frozen=True)
@@ -64,10 +85,17 @@ class ClipResult:
     audio_s: float
     seconds: float
     error: str | None = None
+    # the same with numbers in digits on both sides
+    errors_numbers: int = 0
+    ref_chars_numbers: int = 0
 
     @property
     def cer(self) -> float:
         return self.errors / max(1, self.ref_chars)
+
+    @property
+    def cer_numbers(self) -> float:
+        return self.errors_numbers / max(1, self.ref_chars_numbers)
 
 
 @dataclass
@@ -80,6 +108,9 @@ class EvalSummary:
     ref_chars: int
     cer: float
     rtfx: float  # audio seconds per processing second
+    # CER with numbers in one form (digits) on both sides, and its reference length
+    cer_numbers: float = 0.0
+    ref_chars_numbers: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -95,6 +126,9 @@ def summarise(results: list[ClipResult]) -> EvalSummary:
         audio_s=round(audio_s, 2), seconds=round(seconds, 2), errors=errors,
         ref_chars=chars, cer=round(errors / max(1, chars), 4),
         rtfx=round(audio_s / seconds, 2) if seconds else 0.0,
+        cer_numbers=round(sum(r.errors_numbers for r in results)
+                          / max(1, sum(r.ref_chars_numbers for r in results)), 4),
+        ref_chars_numbers=sum(r.ref_chars_numbers for r in results),
     )
 
 
@@ -110,5 +144,6 @@ def run_eval(entries: list[ManifestEntry],
             text, audio_s, error = "", 0.0, str(exc)
         seconds = time.perf_counter() - t0
         errors, length = char_errors(entry.text, text)
+        errors_n, length_n = char_errors(entry.text, text, numbers=True)
         yield ClipResult(str(entry.audio), entry.text, text, errors, length,
-                         round(audio_s, 3), round(seconds, 3), error)
+                         round(audio_s, 3), round(seconds, 3), error, errors_n, length_n)

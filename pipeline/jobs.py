@@ -25,6 +25,7 @@ from typing import Any, BinaryIO, Literal
 from pipeline.audio import AudioError, decode_audio
 from pipeline.blobs import BlobStore
 from pipeline.config import Settings
+from pipeline.language_model import current_lm_spec
 from pipeline.metrics import AUDIO_SECONDS, JOB_RUNS, PROCESSING_SECONDS, REALTIME_FACTOR
 from pipeline.models import current_spec
 from pipeline.process import VoicePipeline, ticket_from_outcome
@@ -194,6 +195,7 @@ def run_job(ctx: JobContext, job_id: str, *, force: bool = False) -> JobRun:
             caller = job.caller_channel or 0
             # the registry's current model: a promotion reaches a running worker here
             ctx.pipeline.use_model(current_spec(store, settings))
+            ctx.pipeline.use_lm(current_lm_spec(store, settings))
             outcome = ctx.pipeline.process(path, name=job.audio_filename or "<upload>",
                                            dialect=job.dialect, sha256=job.audio_sha256,
                                            roles={caller: "caller", 1 - caller: "agent"})

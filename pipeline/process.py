@@ -20,13 +20,16 @@ from typing import Any
 
 import numpy as np
 
+from asr.lm import LMError
 from asr.model import ModelRef, forget_model, load_whisper, resolve_model, sha256_file
 from asr.profiles import DialectProfile, load_profile
+from asr.rescore import LanguageTools, load_language_tools
 from asr.transcriber import TranscribeOptions, Transcriber
 from asr.types import Segment, Transcript
 from pipeline.audio import DecodedAudio, decode_audio
 from pipeline.config import Settings, get_settings
 from pipeline.denoise import NoiseEstimate, maybe_denoise
+from pipeline.language_model import DEFAULT_LM, lm_path
 from pipeline.segment import VadOptions, speech_windows
 from pipeline.ticket_schema import Ticket
 from pipeline.tickets import TicketContext, build_ticket
@@ -80,6 +83,8 @@ class VoicePipeline:
         self._model_ref: ModelRef | None = None
         self._spec = self.settings.model  # what to load: MINYIN_MODEL, or the registry's
         self._switch = threading.Lock()
+        self._lm_spec: str | None = self.settings.lm  # MINYIN_LM, or the registry's
+        self._language: LanguageTools | None = None
 
     # -- model ---------------------------------------------------------------------
 
@@ -106,6 +111,30 @@ class VoicePipeline:
             log.info("switched model to %s %s (%s)", ref.name, ref.version, ref.path)
         return True
 
+    # -- language model --------------------------------------------------------------
+
+    @property
+    def language_tools(self) -> LanguageTools:
+        """The LM's rescorer and corrector (empty for none), loaded once per spec."""
+        if self._language is None:
+            self._language = load_lm_tools(self._lm_spec, self.settings)
+        return self._language
+
+    def use_lm(self, spec: str | None) -> bool:
+        """Switch to LM `spec` (the registry's current one; None or "none": no LM) if it
+        is not the one in use; True when it switched."""
+        if spec == self._lm_spec:
+            return False
+        with self._switch:
+            if spec == self._lm_spec:
+                return False
+            tools = load_lm_tools(spec, self.settings)
+            self._lm_spec, self._language = spec, tools
+            if self._transcriber is not None:
+                self._transcriber.use_language_model(tools)
+            log.info("switched language model to %s", spec or "none")
+        return True
+
     @property
     def transcriber(self) -> Transcriber:
         if self._transcriber is None:
@@ -116,11 +145,17 @@ class VoicePipeline:
                                  cpu_threads=threads)
             options = TranscribeOptions(language=s.language, beam_size=s.beam_size,
                                         batch_size=s.batch_size)
-            self._transcriber = Transcriber(model, model_name=ref.name,
-                                            model_version=ref.version, options=options)
+            transcriber = Transcriber(model, model_name=ref.name,
+                                      model_version=ref.version, options=options)
+            transcriber.use_language_model(self.language_tools)
+            self._transcriber = transcriber
         return self._transcriber
 
     def profile(self, name: str | None) -> DialectProfile:
+        if self.settings.region:  # its default dialect, its towns and villages
+            from asr.profiles import profile_for_region
+
+            return profile_for_region(self.settings.region, name or None)
         return load_profile(name or self.settings.dialect)
 
     # -- stages --------------------------------------------------------------------
@@ -176,6 +211,7 @@ class VoicePipeline:
             text=text, segments=segments, language=profile.language, language_probability=1.0,
             duration=round(decoded.duration, 3), dialect=profile.name,
             model=self.transcriber.model_name, model_version=self.transcriber.model_version,
+            lm=self.transcriber.language.name, lm_version=self.transcriber.language.version,
             flags=sorted(flags),
         )
         return Outcome(transcript, decoded, reports, timings)
@@ -193,6 +229,25 @@ class VoicePipeline:
         outcome.timings["decode"] = round(t1 - t0, 4)
         outcome.timings["total"] = round(time.perf_counter() - t0, 4)
         return outcome
+
+
+def load_lm_tools(spec: str | None, settings: Settings) -> LanguageTools:
+    """The rescorer and corrector of LM `spec` (MINYIN_LM or the registry's); empty for
+    none. A missing default (setup not run) is plain Whisper with a warning; a missing
+    LM that was asked for by name is an error naming it."""
+    path = lm_path(spec, settings) if spec else None
+    if path is None:
+        return LanguageTools()
+    if not (path / "card.json").is_file():
+        if path != lm_path(DEFAULT_LM, settings):
+            raise LMError(f"language model {spec!r} not found at {path}; build it with "
+                          "minyin lm build, or set MINYIN_LM=none")
+        log.warning("the default language model is not built (run: minyin models setup); "
+                    "transcribing without rescoring and correction")
+        return LanguageTools()
+    tools = load_language_tools(path)
+    log.info("language model %s (%s) loaded from %s", tools.name, tools.version, path)
+    return tools
 
 
 def content_sha256(source: str | os.PathLike | bytes) -> str:

@@ -263,6 +263,9 @@ class Ticket(_Model):
     summary: str = Field(max_length=80)
     review: Review = Field(default_factory=Review)
     model: ModelRef
+    language_model: ModelRef | None = Field(
+        None, description="the character LM that rescored and corrected the transcript "
+        "(null: Whisper's text as decoded)")
 
     @field_validator("created_at", "submitted_at")
     @classmethod

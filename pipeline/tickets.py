@@ -11,7 +11,7 @@ reviews whatever it is unsure of. Order of work:
 2. pick the caller's words (stereo hotline calls: `caller_channel`),
 3. kind, category, urgency (negation-aware), location, summary on those words;
    keywords also match their sound-alikes (没气 for 煤气: Whisper writes homophones),
-   worked out once per text with pypinyin (`SoundIndex`, `sound_hits`),
+   worked out once per text with `asr.phonetic` (`SoundIndex`, `sound_hits`),
 4. review flags: low confidence, ASR doubts, urgent, homophone_match, no location,
    uncategorised, ...
 """
@@ -22,7 +22,6 @@ import hashlib
 import itertools
 import re
 import secrets
-import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -39,8 +38,8 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
-from pypinyin import Style, lazy_pinyin
 
+from asr.phonetic import Mergers, fold, syllables
 from asr.types import Segment, Transcript
 from pipeline.ticket_schema import (
     TICKET_ID_PATTERN,
@@ -242,7 +241,8 @@ class HomophoneRules(_RuleFile):
 
     enabled: bool = False
     min_chars: int = Field(2, ge=2)
-    # fuzzy pinyin: initials replaced whole (zh -> z), finals by their ending (ing -> in)
+    # fuzzy pinyin: initials replaced whole (zh -> z), finals by their ending (ing -> in);
+    # see `mergers`
     initials: dict[str, str] = Field(default_factory=dict)
     finals: dict[str, str] = Field(default_factory=dict)
     kind_weight: float = Field(0.75, ge=0, le=1)
@@ -264,6 +264,11 @@ class HomophoneRules(_RuleFile):
     # real words: their characters are never read as part of a sound-alike
     ignore: list[str] = Field(default_factory=list)
     exact_only: list[str] = Field(default_factory=list)  # terms matched as written only
+
+    @property
+    def mergers(self) -> Mergers:
+        """The fuzzy settings as `asr.phonetic` mergers."""
+        return Mergers.of(self.initials, self.finals)
 
 
 class RulesFile(_RuleFile):
@@ -370,38 +375,6 @@ class Gazetteer:
 
 _HAN_ONLY = re.compile(r"[\u4e00-\u9fff]+")
 _CLAUSE_CHARS = re.compile(r"[，,。！？!?；;：:、\s]")
-# zh/ch/sh before z/c/s; syllables without an initial (a, er, ou) keep all as final
-_INITIALS = ("zh", "ch", "sh", *"bpmfdtnlgkhjqxrzcsyw")
-
-
-_TONELESS: dict[str, str] = {}
-
-
-def _toneless(syl: str) -> str:
-    """'lǜ' -> 'lv', 'zháo' -> 'zhao'; '' for anything that is not a pinyin syllable."""
-    out = _TONELESS.get(syl)
-    if out is None:
-        plain = unicodedata.normalize("NFD", syl).replace("u\u0308", "v")
-        plain = "".join(ch for ch in plain if not unicodedata.combining(ch))
-        out = _TONELESS[syl] = plain if plain.isascii() and plain.isalpha() else ""
-    return out
-
-
-def _syllables(text: str) -> list[str]:
-    """Toneless pinyin of each character of `text` ("" where it is not Han).
-
-    pypinyin reads phrases in context (着火 zhao huo, 没气 mei qi), so a heteronym
-    gets the reading its neighbours give it. (Tone marks stripped here: about twice
-    as fast as pypinyin's own toneless style.)
-    """
-
-    def blank(run: str) -> list[str]:
-        return [""] * len(run)
-
-    out = lazy_pinyin(text, style=Style.TONE, errors=blank)
-    if len(out) != len(text):  # never seen; keep positions right whatever happens
-        out = [next(iter(lazy_pinyin(ch, style=Style.TONE, errors=blank)), "") for ch in text]
-    return [_toneless(syl) for syl in out]
 
 
 @dataclass(frozen=True)
@@ -435,8 +408,7 @@ class SoundIndex:
 
     def __init__(self, terms: Iterable[str], spec: HomophoneRules) -> None:
         self.spec = spec
-        self._finals = sorted(spec.finals, key=len, reverse=True)
-        self._fuzzy: dict[str, str] = {}
+        self.mergers = spec.mergers
         self._loose = frozenset(spec.loose)
         self._presence = re.compile(spec.presence_cue) if spec.presence_cue else None
         self._by_key: dict[tuple[str, ...], list[tuple[str, tuple[str, ...]]]] = {}
@@ -450,7 +422,7 @@ class SoundIndex:
         for term in dict.fromkeys(terms):
             if term in skip or len(term) < spec.min_chars or not _HAN_ONLY.fullmatch(term):
                 continue
-            syl = tuple(_syllables(term))
+            syl = tuple(syllables(term))
             if all(syl):
                 self._by_key.setdefault(self.key(syl), []).append((term, syl))
                 found.append(term)
@@ -459,17 +431,7 @@ class SoundIndex:
         self._written = (*found, *(w for w in spec.ignore if w not in found))
 
     def fuzzy(self, syl: str) -> str:
-        out = self._fuzzy.get(syl)
-        if out is None:
-            initial = next((i for i in _INITIALS if syl.startswith(i) and syl != i), "")
-            final = syl[len(initial) :]
-            initial = self.spec.initials.get(initial, initial)
-            for end in self._finals:
-                if final.endswith(end):
-                    final = final[: len(final) - len(end)] + self.spec.finals[end]
-                    break
-            out = self._fuzzy[syl] = f"{initial}-{final}"
-        return out
+        return fold(syl, self.mergers)
 
     def key(self, syllables: Sequence[str]) -> tuple[str, ...]:
         return tuple(self.fuzzy(s) for s in syllables)
@@ -479,7 +441,7 @@ class SoundIndex:
         hits: dict[str, list[SoundHit]] = {}
         if not self._by_key or not text:
             return hits
-        syl = _syllables(text)
+        syl = syllables(text)
         keys = [self.fuzzy(s) if s else "" for s in syl]
         # 1 where a keyword or an `ignore` word is written out in full
         written = bytearray(len(text))
@@ -1468,4 +1430,6 @@ def build_ticket(
         summary=summary,
         review=Review(needed=bool(flags), flags=flags),
         model=ModelRef(name=transcript.model or "unknown", version=transcript.model_version or ""),
+        language_model=ModelRef(name=transcript.lm, version=transcript.lm_version)
+        if transcript.lm else None,
     )
