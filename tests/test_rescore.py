@@ -167,3 +167,46 @@ def test_best_of_beam_picks_per_window():
     windows = [["路登坏了", "路灯坏了"], ["寻寻盖丢了", "窨井盖丢了", "窨井丢了"]]
     assert best_of_beam(ref, windows) == ref
     assert best_of_beam(ref, [["路登坏了"], ["窨井盖丢了"]]) == "路登坏了窨井盖丢了"
+
+
+def test_a_missing_lm_is_an_error_unless_it_is_the_unbuilt_default(tmp_path):
+    from asr.lm import LMError
+    from pipeline.config import Settings
+    from pipeline.process import load_lm_tools
+
+    settings = Settings(models_dir=tmp_path)
+    assert load_lm_tools("none", settings).rescorer is None
+    assert load_lm_tools("default", settings).rescorer is None  # setup not run: a warning
+    with pytest.raises(LMError, match="county"):
+        load_lm_tools("lm/county", settings)
+
+
+@pytest.mark.slow
+def test_the_pipeline_rescores_with_the_lm_and_records_it(tmp_path):
+    """A real sample through the real model with a small LM, then with none."""
+    from pipeline.config import Settings
+    from pipeline.process import VoicePipeline, ticket_from_outcome
+    from tests.conftest import SAMPLES
+
+    models = tmp_path / "models"
+    (models / "lm").mkdir(parents=True)
+    counter = NgramCounter(order=3)
+    for text in HISTORY:
+        counter.add_text(text, 3.0)
+    write_lm_dir(models / "lm" / "county", counter, card={"name": "county", "version": "v7"},
+                 lexicon=[(w, 1.0, "complaint") for w in WORDS])
+    real = Settings().models_dir
+    (models / "whisper-base").symlink_to(real / "whisper-base")
+    pipe = VoicePipeline(Settings(models_dir=models, lm="county", cpu_threads=2))
+    sample = SAMPLES / "01_streetlight_heping_road.amr"
+    outcome = pipe.process(sample)
+    segments = outcome.transcript.segments
+    assert segments and all(len(s.hypotheses) > 1 for s in segments)
+    ticket = ticket_from_outcome(outcome)
+    assert ticket.language_model is not None
+    assert (ticket.language_model.name, ticket.language_model.version) == ("county", "v7")
+
+    assert pipe.use_lm("none") and not pipe.use_lm("none")
+    plain = pipe.process(sample)
+    assert all(not s.hypotheses for s in plain.transcript.segments)
+    assert ticket_from_outcome(plain).language_model is None
