@@ -221,6 +221,8 @@ class PiiRules(_RuleFile):
 
 class ReviewRules(_RuleFile):
     passthrough_asr_flags: list[str] = Field(default_factory=list)
+    # ASR flags that describe a segment but are no reason to review the ticket
+    segment_only_asr_flags: list[str] = Field(default_factory=list)
     asr_flag_prefix: str = "asr_"
     expected_languages: list[str] = Field(default_factory=lambda: ["zh"])
     min_text_chars: int = 2
@@ -1382,8 +1384,10 @@ def build_ticket(
     doubtful = [i for i in mine if segments[i].confidence < review_confidence_below]
     if doubtful:
         flags.append("low_confidence")
+    informational = set(rules.rules.review.segment_only_asr_flags)
     for i in mine:
-        flags.extend(_asr_flags(segments[i].flags, rules))
+        flags.extend(_asr_flags([f for f in segments[i].flags if f not in informational],
+                                rules))
     flags.extend(_asr_flags(transcript.flags, rules))
     language = (transcript.language or "").strip() or "und"
     if language.split("-")[0] not in rules.rules.review.expected_languages:

@@ -210,3 +210,20 @@ def test_the_pipeline_rescores_with_the_lm_and_records_it(tmp_path):
     plain = pipe.process(sample)
     assert all(not s.hypotheses for s in plain.transcript.segments)
     assert ticket_from_outcome(plain).language_model is None
+
+
+def test_rescored_and_corrected_segments_are_no_reason_for_review():
+    from asr.types import Transcript
+    from pipeline.tickets import TicketContext, build_ticket
+
+    seg = Segment(0.0, 3.0, "小区门口的护栏倒了好几天了。", avg_logprob=-0.2,
+                  flags=["lm_rescored", "phonetic_corrected"])
+    transcript = Transcript(text=seg.text, segments=[seg], language="zh",
+                            language_probability=1.0, duration=3.0, model="whisper-base",
+                            model_version="1", lm="default", lm_version="v1")
+    ticket = build_ticket(transcript, TicketContext(audio_sha256="0" * 64,
+                                                    address="浦阳街道和平路"))
+    assert ticket.transcript.segments[0].flags == ["asr_lm_rescored",
+                                                   "asr_phonetic_corrected"]
+    assert not any("rescored" in f or "corrected" in f for f in ticket.review.flags)
+    assert ticket.language_model.name == "default"
