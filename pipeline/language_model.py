@@ -440,7 +440,7 @@ def promote_lm(store: Store, settings: Settings, spec: str, *, author: str,
         lm = load_lm(path)  # it must load here, not first on a worker
     except LMError as e:
         raise LMRegistryError(f"{stored} cannot be promoted: {e}") from None
-    candidate = rescoring_cer(lm.card)
+    candidate = rescoring_cer(_card_or_empty(path))  # read anew: lm fit rewrites it
     baseline = rescoring_cer(_card_or_empty(lm_path(current, settings)))
     if not force:
         if candidate is None:
