@@ -22,8 +22,11 @@ class Settings(BaseSettings):
     )
     models_dir: Path = REPO_ROOT / "models"
     device: str = "cpu"  # cpu | cuda | auto
-    # float32 on CPU: measured (bench/compare.py --compute-type int8) int8 is ~20% faster
-    # but costs 1.6-2 CER points on Whisper base; float16 or int8_float16 on a GPU.
+    # float32 on CPU, measured again with the LM on (bench/accuracy.py, README): int8 is
+    # 25-45% faster at the same total errors over four sets (260 vs 256 of 2,471
+    # characters), but worse on the complaint notes (samples/ 9.8% vs 7.9%, shared
+    # audio 13.9% vs 12.3%) and better on read sentences (9.2% vs 10.8%); complaint
+    # notes are what tickets are made of. float16 or int8_float16 on a GPU.
     compute_type: str = "float32"
     cpu_threads: int = 0  # 0: all cores
     # windows decoded together; 4 on CPU keeps the encoder's attention buffers ~300 MB

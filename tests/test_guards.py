@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from asr import guards
+from asr.rescore import LanguageTools
 from asr.transcriber import TranscribeOptions, Transcriber
 from asr.types import Segment
 
@@ -60,6 +61,7 @@ class ScriptedTranscriber(Transcriber):
     def __init__(self, batched_text, sequential_text, **seg_kwargs):
         self.options = TranscribeOptions()
         self.model_name, self.model_version = "scripted", "0"
+        self.language = LanguageTools()  # no LM: the guards alone
         self.batched_text, self.sequential_text = batched_text, sequential_text
         self.seg_kwargs = seg_kwargs
         self.retries = 0

@@ -32,6 +32,9 @@ class Scripted:
     def use_model(self, spec: str) -> bool:
         return bool(self.real.use_model(spec))
 
+    def use_lm(self, spec: str | None) -> bool:
+        return bool(self.real.use_lm(spec))
+
 
 @pytest.fixture
 def ctx(tmp_path: Path, pipeline: Any) -> JobContext:
