@@ -26,8 +26,10 @@ promoted: turning rescoring off is never refused.
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import re
+import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -111,6 +113,18 @@ def general_words(path: Path | None = None) -> Iterator[tuple[str, float]]:
 _JIONLP_NUMBERING = re.compile(r"\[[^\]]*\]|\d+\.|〖|〗")
 
 
+def _jionlp_lines(root: Path, name: str) -> Iterator[str]:
+    """A jionlp dictionary's lines: the .txt jionlp unzips on its first import, else
+    straight from the .zip the wheel ships (a fresh install has only that)."""
+    txt = root / f"{name}.txt"
+    if txt.is_file():
+        with open(txt, encoding="utf-8") as f:
+            yield from f
+        return
+    with zipfile.ZipFile(root / f"{name}.zip") as z, z.open(f"{name}.txt") as raw:
+        yield from io.TextIOWrapper(raw, encoding="utf-8")
+
+
 def jionlp_texts() -> Iterator[str]:
     """Definitions and examples from jionlp's dictionaries ("~" is the headword)."""
     # found, not imported: importing jionlp prints a banner and loads far more
@@ -118,19 +132,16 @@ def jionlp_texts() -> Iterator[str]:
     if spec is None or not spec.submodule_search_locations:
         raise LMBuildError("the jionlp package is not installed: pip install jionlp")
     root = Path(next(iter(spec.submodule_search_locations))) / "dictionary"
-    with open(root / "chinese_word_dictionary.txt", encoding="utf-8") as f:
-        for line in f:
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) >= 2:
-                yield _JIONLP_NUMBERING.sub(" ", parts[1]).replace("~", parts[0])
-    with open(root / "chinese_char_dictionary.txt", encoding="utf-8") as f:
-        for line in f:
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) >= 8:
-                yield _JIONLP_NUMBERING.sub(" ", parts[7]).replace("~", parts[0])
-    with open(root / "xiehouyu.txt", encoding="utf-8") as f:
-        for line in f:
-            yield line.replace("\t", "，")
+    for line in _jionlp_lines(root, "chinese_word_dictionary"):
+        parts = line.rstrip("\n").split("\t")
+        if len(parts) >= 2:
+            yield _JIONLP_NUMBERING.sub(" ", parts[1]).replace("~", parts[0])
+    for line in _jionlp_lines(root, "chinese_char_dictionary"):
+        parts = line.rstrip("\n").split("\t")
+        if len(parts) >= 8:
+            yield _JIONLP_NUMBERING.sub(" ", parts[7]).replace("~", parts[0])
+    for line in _jionlp_lines(root, "xiehouyu"):
+        yield line.replace("\t", "，")
 
 
 def _data_file(name: str) -> Path:
