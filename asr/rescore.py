@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from rapidfuzz.distance import Levenshtein
 
-from asr.normalize import scoring_form, to_simplified
+from asr.normalize import scoring_form
 from asr.types import Hypothesis, Segment
 
 if TYPE_CHECKING:
@@ -46,11 +46,6 @@ class RescoreWeights:
         return cls(float(fitted["alpha"]), float(fitted.get("beta", 0.0)))
 
 
-def lm_text(text: str) -> str:
-    """What the LM scores: simplified, without punctuation (its sentences split there)."""
-    return to_simplified(text)
-
-
 def combined_score(hyp: Hypothesis, lm_score: float, chars: int,
                    weights: RescoreWeights) -> float:
     """Per token and per character, so that alpha = beta = 0 keeps the beam's own order
@@ -66,7 +61,7 @@ def rescore(hypotheses: Sequence[Hypothesis], lm: LanguageModel,
     scores = []
     for hyp in hypotheses:
         chars = len(scoring_form(hyp.text))
-        lm_score = lm.score(lm_text(hyp.text)) if chars else 0.0
+        lm_score = lm.score(hyp.text) if chars else 0.0  # simplified by the LM
         scores.append(combined_score(hyp, lm_score, chars, weights))
     # max() keeps the first of equal scores: the beam's own choice wins ties
     best = max(range(len(scores)), key=scores.__getitem__) if scores else 0
@@ -163,4 +158,5 @@ def _load_language_tools(lm_dir: Path, _stamp: tuple[int, ...]) -> LanguageTools
     return LanguageTools(name=str(card.get("name") or lm_dir.name),
                          version=str(card.get("version") or ""),
                          rescorer=(lm, weights), corrector=corrector,
-                         unsure_below=float(fitted.get("unsure_below", -0.5)))
+                         unsure_below=float(fitted.get("unsure_below",
+                                                       LanguageTools.unsure_below)))

@@ -410,12 +410,18 @@ def lm_path(spec: str, settings: Settings) -> Path | None:
     return lm_spec(spec, settings)[1]
 
 
+def normal_lm_spec(spec: str, settings: Settings) -> str | None:
+    """`spec` as the registry stores it (lm/NAME, or a path outside models_dir); None
+    for no LM."""
+    stored, _ = lm_spec(spec, settings)
+    return None if stored == NO_LM else stored
+
+
 def current_lm_spec(store: Store, settings: Settings) -> str | None:
     """The LM the workers should use: the registry's current one, else MINYIN_LM; None
     for no LM."""
     row = store.current_model(kind=LM_KIND)
-    spec, _ = lm_spec(row.model if row is not None else settings.lm, settings)
-    return None if spec == NO_LM else spec
+    return normal_lm_spec(row.model if row is not None else settings.lm, settings)
 
 
 def _card_or_empty(path: Path | None) -> dict[str, Any]:

@@ -30,7 +30,6 @@ from asr.rescore import (
     LanguageTools,
     RescoreWeights,
     combined_score,
-    lm_text,
     load_language_tools,
     unsure_mask,
 )
@@ -105,7 +104,7 @@ def collect(pipe: VoicePipeline, entries: Sequence[ManifestEntry],
                 hyps = seg.hypotheses or [Hypothesis(seg.raw_text, 0.0, 0)]
                 w = WindowNBest(hyps, avg_logprob=seg.avg_logprob,
                                 fixed=None if seg.hypotheses else seg.text)
-                w.lm_scores = [lm.score(lm_text(h.text)) for h in hyps]
+                w.lm_scores = [lm.score(h.text) for h in hyps]
                 w.chars = [len(scoring_form(h.text)) for h in hyps]
                 windows.append(w)
             clips.append(ClipNBest(entry.text, windows))

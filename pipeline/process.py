@@ -29,7 +29,7 @@ from asr.types import Segment, Transcript
 from pipeline.audio import DecodedAudio, decode_audio
 from pipeline.config import Settings, get_settings
 from pipeline.denoise import NoiseEstimate, maybe_denoise
-from pipeline.language_model import DEFAULT_LM, lm_path
+from pipeline.language_model import DEFAULT_LM, lm_path, normal_lm_spec
 from pipeline.segment import VadOptions, speech_windows
 from pipeline.ticket_schema import Ticket
 from pipeline.tickets import TicketContext, build_ticket
@@ -83,7 +83,9 @@ class VoicePipeline:
         self._model_ref: ModelRef | None = None
         self._spec = self.settings.model  # what to load: MINYIN_MODEL, or the registry's
         self._switch = threading.Lock()
-        self._lm_spec: str | None = self.settings.lm  # MINYIN_LM, or the registry's
+        # MINYIN_LM, or the registry's, in the registry's form (lm/NAME; None: no LM), so
+        # that the first job's use_lm(current_lm_spec(...)) does not load it again
+        self._lm_spec: str | None = normal_lm_spec(self.settings.lm, self.settings)
         self._language: LanguageTools | None = None
 
     # -- model ---------------------------------------------------------------------
@@ -123,6 +125,7 @@ class VoicePipeline:
     def use_lm(self, spec: str | None) -> bool:
         """Switch to LM `spec` (the registry's current one; None or "none": no LM) if it
         is not the one in use; True when it switched."""
+        spec = normal_lm_spec(spec, self.settings) if spec else None
         if spec == self._lm_spec:
             return False
         with self._switch:
