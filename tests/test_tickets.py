@@ -1,4 +1,4 @@
-"""Ticket extraction on real-sounding complaints (pipeline/tickets.py, ticket_schema.py).
+"""Ticket extraction on real-sounding complaints (pipeline/tickets/, ticket_schema.py).
 
 The sentences are what citizens of a county say to a 12345 line or into a voice note,
 including what ASR does to them: no punctuation, spoken digits, wrong homophones.

@@ -1,0 +1,299 @@
+"""Rule files (validated shapes) and their compiled form: `load_rules()`."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    model_validator,
+)
+
+from asr.phonetic import Mergers
+from pipeline.ticket_schema import (
+    Kind,
+)
+from pipeline.tickets.common import _NAME_CHAR, DATA_DIR
+from pipeline.tickets.gazetteer import Gazetteer
+from pipeline.tickets.sounds import SoundIndex
+
+
+class _RuleFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class CategoryRule(_RuleFile):
+    code: str = Field(pattern=r"^[a-z][a-z0-9_.]*$")
+    group: str
+    label: str
+    department: str
+    keywords: dict[str, float] = Field(default_factory=dict)
+
+
+class TaxonomyFile(_RuleFile):
+    min_score: float = 2
+    fallback: str
+    urgent_fallback: str | None = None
+    categories: list[CategoryRule]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TaxonomyFile:
+        codes = [c.code for c in self.categories]
+        if len(set(codes)) != len(codes):
+            raise ValueError("category codes must be unique")
+        for code in (self.fallback, self.urgent_fallback):
+            if code is not None and code not in codes:
+                raise ValueError(f"fallback category {code!r} is not defined")
+        return self
+
+
+class KindRule(_RuleFile):
+    kind: Kind
+    terms: dict[str, float]
+
+
+class KindRules(_RuleFile):
+    default: Kind = "投诉"
+    min_score: float = 2
+    rules: list[KindRule]
+
+
+class NegationRule(_RuleFile):
+    cue: str
+    question_forms: list[str] = Field(default_factory=list)
+    lookback: int = Field(6, ge=1)
+
+
+class UrgencyRule(_RuleFile):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    reason: str
+    kind: Kind | None = None
+    category: str | None = None
+    any_of: list[str] = Field(default_factory=list, alias="any")
+    all_of: list[list[str]] = Field(default_factory=list, alias="all")
+    exclude: list[str] = Field(default_factory=list)
+    possible: list[str] = Field(default_factory=list)
+    # what a match that needs a sound-alike (没气 heard for 煤气) does: "urgent" for
+    # hazards that must never be missed (a person checks the `homophone_match` flag),
+    # "possible" (a possible_urgent flag only) or "off"
+    homophones: Literal["urgent", "possible", "off"] = "possible"
+
+
+class UrgencyRules(_RuleFile):
+    window: int = Field(16, ge=1)
+    negation: NegationRule
+    rules: list[UrgencyRule]
+
+
+class LocationRules(_RuleFile):
+    prefer: list[str] = Field(default_factory=list)
+    max_pieces: int = 3
+    max_chars: int = 40
+    name_min: int = 2
+    name_max: int = 6
+    head_suffixes: list[str]
+    tail: str
+    standalone_tail: str
+    boundary_words: list[str] = Field(default_factory=list)
+    boundary_chars: str = ""
+    generic: list[str] = Field(default_factory=list)
+
+
+class PiiPattern(_RuleFile):
+    name: str
+    regex: str
+    keep: tuple[int, int]
+    last_resort: bool = False  # tried only after the separator-split groups
+
+
+class PiiRules(_RuleFile):
+    min_digits: int = 7
+    patterns: list[PiiPattern]
+    contact_context: str
+    contact_keep: tuple[int, int] = (0, 2)
+
+
+class ReviewRules(_RuleFile):
+    passthrough_asr_flags: list[str] = Field(default_factory=list)
+    # ASR flags that describe a segment but are no reason to review the ticket
+    segment_only_asr_flags: list[str] = Field(default_factory=list)
+    asr_flag_prefix: str = "asr_"
+    expected_languages: list[str] = Field(default_factory=lambda: ["zh"])
+    min_text_chars: int = 2
+
+
+class SummaryRules(_RuleFile):
+    max_chars: int = Field(60, ge=10, le=80)
+    empty_text: str
+    filler_clause: str
+    filler_prefix: str
+    trailing: str
+
+
+class HomophoneRules(_RuleFile):
+    """Sound-alike matching of keywords (see ticket_rules.yaml, `homophones`).
+
+    Off unless a rule file turns it on: its `ignore` list belongs to its keywords."""
+
+    enabled: bool = False
+    min_chars: int = Field(2, ge=2)
+    # fuzzy pinyin: initials replaced whole (zh -> z), finals by their ending (ing -> in);
+    # see `mergers`
+    initials: dict[str, str] = Field(default_factory=dict)
+    finals: dict[str, str] = Field(default_factory=dict)
+    kind_weight: float = Field(0.75, ge=0, le=1)
+    category_weight: float = Field(0.75, ge=0, le=1)
+    # a sound-alike that starts with one of these where the term does not (没气 for
+    # 煤气) also reads as a negation; it counts only after a presence cue
+    negation_chars: str = "没不无未别"
+    presence_cue: str = "有|股|闻到"
+    presence_lookback: int = Field(8, ge=1)
+    # an urgency match made of sound-alikes only makes a rule urgent when one of them
+    # has this many characters; shorter ones need a written word beside them
+    alone_from: int = Field(3, ge=2)
+    # a shared particle is no shared character: 烟了 does not sound like 淹了 for that
+    particles: str = ""
+    # a sound-alike without a character of the keyword needs equal toneless pinyin and
+    # a keyword of `loose_from` characters or more, or one listed in `loose`
+    loose_from: int = Field(3, ge=2)
+    loose: list[str] = Field(default_factory=list)
+    # real words: their characters are never read as part of a sound-alike
+    ignore: list[str] = Field(default_factory=list)
+    exact_only: list[str] = Field(default_factory=list)  # terms matched as written only
+
+    @property
+    def mergers(self) -> Mergers:
+        """The fuzzy settings as `asr.phonetic` mergers."""
+        return Mergers.of(self.initials, self.finals)
+
+
+class RulesFile(_RuleFile):
+    kinds: KindRules
+    urgency: UrgencyRules
+    location: LocationRules
+    pii: PiiRules
+    review: ReviewRules
+    summary: SummaryRules
+    homophones: HomophoneRules = Field(default_factory=HomophoneRules)
+
+
+@dataclass(frozen=True)
+class _CompiledUrgencyRule:
+    spec: UrgencyRule
+    any_of: tuple[re.Pattern[str], ...]
+    all_of: tuple[tuple[re.Pattern[str], ...], ...]
+    exclude: tuple[re.Pattern[str], ...]
+    possible: tuple[re.Pattern[str], ...]
+
+
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity
+class TicketRules:
+    """Validated, compiled rules. Build with `load_rules()`."""
+
+    taxonomy: TaxonomyFile
+    rules: RulesFile
+    gazetteer: Gazetteer
+    kind_terms: tuple[tuple[Kind, tuple[tuple[re.Pattern[str], float], ...]], ...]
+    urgency_rules: tuple[_CompiledUrgencyRule, ...]
+    negation_cue: re.Pattern[str]
+    pii_patterns: tuple[tuple[PiiPattern, re.Pattern[str]], ...]
+    contact_context: re.Pattern[str]
+    head_piece: re.Pattern[str]
+    tail_piece: re.Pattern[str]
+    standalone_tail: re.Pattern[str]
+    boundary_words: re.Pattern[str] | None
+    filler_clause: re.Pattern[str]
+    filler_prefix: re.Pattern[str]
+    trailing: re.Pattern[str]
+    sounds: SoundIndex
+
+    @property
+    def categories(self) -> list[CategoryRule]:
+        return self.taxonomy.categories
+
+    def category(self, code: str) -> CategoryRule:
+        for cat in self.taxonomy.categories:
+            if cat.code == code:
+                return cat
+        raise KeyError(code)
+
+    @classmethod
+    def from_dir(cls, path: Path) -> TicketRules:
+        def read(name: str) -> dict[str, Any]:
+            with (path / name).open(encoding="utf-8") as fh:
+                return yaml.safe_load(fh) or {}
+
+        taxonomy = TaxonomyFile.model_validate(read("taxonomy.yaml"))
+        rules = RulesFile.model_validate(read("ticket_rules.yaml"))
+        gazetteer = Gazetteer.from_mapping(read("places.yaml"))
+        return cls.compile(taxonomy, rules, gazetteer)
+
+    @classmethod
+    def compile(cls, taxonomy: TaxonomyFile, rules: RulesFile, gazetteer: Gazetteer) -> TicketRules:
+        def rx(terms: Iterable[str]) -> tuple[re.Pattern[str], ...]:
+            return tuple(re.compile(t) for t in terms)
+
+        loc = rules.location
+        suffixes = "|".join(map(re.escape, sorted(loc.head_suffixes, key=len, reverse=True)))
+        words = sorted(loc.boundary_words, key=len, reverse=True)
+        return cls(
+            taxonomy=taxonomy,
+            rules=rules,
+            gazetteer=gazetteer,
+            kind_terms=tuple(
+                (k.kind, tuple((re.compile(t), w) for t, w in k.terms.items()))
+                for k in rules.kinds.rules
+            ),
+            urgency_rules=tuple(
+                _CompiledUrgencyRule(
+                    spec=r,
+                    any_of=rx(r.any_of),
+                    all_of=tuple(rx(group) for group in r.all_of),
+                    exclude=rx(r.exclude),
+                    possible=rx(r.possible),
+                )
+                for r in rules.urgency.rules
+            ),
+            negation_cue=re.compile(rules.urgency.negation.cue),
+            pii_patterns=tuple((p, re.compile(p.regex)) for p in rules.pii.patterns),
+            contact_context=re.compile(rules.pii.contact_context),
+            head_piece=re.compile(rf"{_NAME_CHAR}{{{loc.name_min},{loc.name_max}}}?(?:{suffixes})"),
+            tail_piece=re.compile(loc.tail),
+            standalone_tail=re.compile(loc.standalone_tail),
+            boundary_words=re.compile("|".join(map(re.escape, words))) if words else None,
+            filler_clause=re.compile(rules.summary.filler_clause),
+            filler_prefix=re.compile(rules.summary.filler_prefix),
+            trailing=re.compile(rules.summary.trailing),
+            sounds=SoundIndex(
+                itertools.chain(
+                    (t for k in rules.kinds.rules for t in k.terms),
+                    (w for c in taxonomy.categories for w in c.keywords),
+                    *(
+                        itertools.chain(r.any_of, *r.all_of)
+                        for r in rules.urgency.rules
+                        if r.homophones != "off"
+                    ),
+                ),
+                rules.homophones,
+            ),
+        )
+
+
+@lru_cache(maxsize=8)
+def _load_rules_cached(path: str) -> TicketRules:
+    return TicketRules.from_dir(Path(path))
+
+
+def load_rules(path: str | Path | None = None) -> TicketRules:
+    """Rules from a directory holding taxonomy.yaml, ticket_rules.yaml and places.yaml
+    (default: the package's own `pipeline/data`). Cached per directory."""
+    return _load_rules_cached(str(Path(path).resolve() if path else DATA_DIR))
