@@ -43,7 +43,7 @@ SCHEMA_PATH = Path(__file__).resolve().parent / "data" / "ticket.schema.json"
 # Serialisation context for every shown form: drops the stored phone (see module doc).
 PUBLIC_CONTEXT: dict[str, bool] = {"hide_pii": True}
 
-Source = Literal["voice_note", "hotline"]
+Source = Literal["voice_note", "hotline", "message"]  # message: typed, no audio
 Kind = Literal["投诉", "咨询", "求助", "建议", "举报", "表扬"]
 UrgencyLevel = Literal["normal", "urgent"]
 ParsedFrom = Literal["transcript", "form", "both"]
@@ -166,9 +166,17 @@ class TicketTranscript(_Model):
 
 
 class Category(_Model):
-    code: str = Field(pattern=r"^[a-z][a-z0-9_.]*$")
-    label: str = Field(min_length=1)
-    department: str = Field(min_length=1, description="kind of office that handles it")
+    code: str = Field(pattern=r"^[a-z][a-z0-9_.]*$", description="the leaf's stable code")
+    label: str = Field(min_length=1, description="the leaf's label (level 3)")
+    path: list[str] = Field(
+        default_factory=list, max_length=3,
+        description="level 1, 2 and 3 labels; level 1 as the common government appeal "
+        "taxonomy names it (城乡建设, 环境保护, 交通运输, ...)")
+    department: str = Field(min_length=1, description="承办单位: the office that handles it")
+    time_limit_days: int | None = Field(
+        None, ge=1, le=365, description="办理时限 in working days (the county's file may override)")
+    confidence: float | None = Field(
+        None, ge=0, le=1, description="the classifier's probability of this leaf")
 
 
 class Location(_Model):
@@ -177,6 +185,11 @@ class Location(_Model):
     city: str | None = None
     district: str | None = None
     street: str | None = Field(None, description="town, township or subdistrict (街道/镇/乡)")
+    village: str | None = Field(None, description="village or residents' community (村/社区)")
+    road: str | None = Field(None, description="road, street or intersection (和平路口)")
+    landmark: str | None = Field(None, description="estate, building, school, market, ...")
+    submitted_address: str | None = Field(
+        None, description="the address the submitter typed, as given (masked)")
     lat: float | None = Field(None, ge=-90, le=90, description="only from the intake form")
     lon: float | None = Field(None, ge=-180, le=180, description="only from the intake form")
     parsed_from: ParsedFrom | None = None
@@ -189,13 +202,16 @@ class Location(_Model):
 
     @property
     def is_empty(self) -> bool:
-        return not (self.text or self.street or self.district or self.city or self.lat)
+        return not (
+            self.text or self.street or self.district or self.city or self.village
+            or self.road or self.landmark or self.lat is not None
+        )
 
     def full_address(self) -> str | None:
         """Administrative levels the free text does not already say, then the text."""
         text = self.text or ""
         parts: list[str] = []
-        for part in (self.province, self.city, self.district, self.street):
+        for part in (self.province, self.city, self.district, self.street, self.village):
             if part and part not in text and part not in parts:
                 parts.append(part)
         address = "".join(parts) + text
@@ -252,7 +268,8 @@ class Ticket(_Model):
     submitted_at: AwareDatetime | None = Field(None, description="when the citizen submitted")
     source: Source
     submitter: Submitter = Field(default_factory=Submitter)
-    audio: AudioRef
+    title: str | None = Field(None, max_length=200, description="typed messages' own title")
+    audio: AudioRef | None = Field(None, description="null only for typed messages")
     transcript: TicketTranscript
     language: str
     dialect: str = Field(description="dialect profile the transcript was made with")
@@ -263,9 +280,25 @@ class Ticket(_Model):
     summary: str = Field(max_length=80)
     review: Review = Field(default_factory=Review)
     model: ModelRef
+    classifier: ModelRef | None = Field(
+        None, description="the category classifier (null: keyword rules only)")
+    duplicate_of: str | None = Field(
+        None, pattern=TICKET_ID_PATTERN,
+        description="重复件: the first ticket of the same caller on the same matter")
+    repeat_count: int = Field(
+        0, ge=0, description="on a first ticket: how many repeats it has had; on a "
+        "duplicate: which repeat this is (1 = the first repeat)")
+    cluster_id: str | None = Field(
+        None, description="一类事: the cluster of callers with the same matter, if any")
     language_model: ModelRef | None = Field(
         None, description="the character LM that rescored and corrected the transcript "
         "(null: Whisper's text as decoded)")
+
+    @model_validator(mode="after")
+    def _audio_unless_typed(self) -> Ticket:
+        if self.audio is None and self.source != "message":
+            raise ValueError(f"a {self.source} ticket needs its audio reference")
+        return self
 
     @field_validator("created_at", "submitted_at")
     @classmethod
@@ -310,7 +343,7 @@ class Ticket(_Model):
             "address_string": self.location.full_address(),
             "lat": self.location.lat,
             "long": self.location.lon,
-            "media_url": self.audio.media_url,
+            "media_url": self.audio.media_url if self.audio else None,
             "requested_datetime": requested.isoformat(timespec="seconds"),
         }
 
