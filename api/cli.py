@@ -35,6 +35,9 @@ app.add_typer(corrections_app, name="corrections")
 from api.cli_lm import lm_app  # noqa: E402
 
 app.add_typer(lm_app, name="lm")
+from api.cli_tickets import tickets_app  # noqa: E402
+
+app.add_typer(tickets_app, name="tickets")
 
 err = Console(stderr=True)
 
