@@ -930,6 +930,50 @@ class Store:
             )
             return result.rowcount == 1  # type: ignore[attr-defined]
 
+    # -- typed messages ------------------------------------------------------------------
+
+    def ticket_for_client_ref(self, client_ref: str, *, submitter_id: str | None = None
+                              ) -> Ticket | None:
+        """The ticket this submitter's client_ref already made (voice note or message)."""
+        with self.session() as s:
+            job = self._find_duplicate(s, submitter_id, client_ref.strip(), "", None, utcnow())
+            row = s.get(TicketRow, job.ticket_id) if job is not None and job.ticket_id else None
+            return row.ticket if row is not None else None
+
+    def save_message_ticket(self, ticket: Ticket, *, submitter_id: str | None = None,
+                            content_sha256: str, now: datetime | None = None
+                            ) -> tuple[Ticket, bool]:
+        """A typed message's ticket: a done job (it carries the submitter and client_ref,
+        whose unique index makes a resend idempotent), the ticket, its segments and the
+        ticket.created event, in one transaction. (ticket, created): a concurrent resend
+        with the same client_ref, or the same ticket id, gets the stored ticket back."""
+        now = now or utcnow()
+        client_ref = ticket.submitter.client_ref
+        job = Job(id=new_job_id(now), status="done", queue="voice", submitter_id=submitter_id,
+                  client_ref=client_ref, audio_sha256=content_sha256, attempts=0,
+                  phone=ticket.submitter.phone, lat=ticket.location.lat,
+                  lon=ticket.location.lon, address=ticket.location.submitted_address,
+                  submitted_at=ticket.submitted_at, ticket_id=ticket.id, created_at=now,
+                  started_at=now, finished_at=now)
+        try:
+            with self.session() as s:
+                s.add(job)
+                s.flush()  # the job first: the ticket row points at it
+                row = _ticket_row(ticket, job.id, now)
+                s.add(row)
+                s.flush()
+                s.add_all(_segment_rows(ticket))
+                s.add(OutboxEvent(ticket_id=ticket.id, revision=row.revision,
+                                  event_type=EVENT_TICKET_CREATED, payload=row.document,
+                                  created_at=now, next_attempt_at=now, attempts=0))
+        except IntegrityError:
+            existing = (self.ticket_for_client_ref(client_ref, submitter_id=submitter_id)
+                        if client_ref else None) or self.get_ticket(ticket.id)
+            if existing is None:
+                raise
+            return existing, False
+        return ticket, True
+
     # -- tickets -----------------------------------------------------------------------
 
     def get_ticket_row(self, ticket_id: str) -> TicketRow | None:

@@ -49,8 +49,10 @@ class TicketContext(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    audio_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    # None only for typed messages (source "message"), which have no audio
+    audio_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     source: Source = "voice_note"
+    title: str | None = Field(None, max_length=200, description="a typed message's title")
     phone: str | None = Field(None, repr=False)
     client_ref: str | None = None
     address: str | None = Field(None, description="typed address from the app form")
@@ -74,6 +76,12 @@ class TicketContext(BaseModel):
             raise ValueError("lat and lon come together or not at all")
         return self
 
+    @model_validator(mode="after")
+    def _audio_unless_typed(self) -> TicketContext:
+        if self.audio_sha256 is None and self.source != "message":
+            raise ValueError(f"a {self.source} submission needs audio_sha256")
+        return self
+
 
 # --------------------------------------------------------------------------------------
 # The ticket
@@ -87,7 +95,7 @@ def _ticket_id(context: TicketContext, now: datetime) -> str:
     if context.submitted_at is not None:
         # the same submission always gets the same id, so a retried job cannot
         # put a second ticket on the queue
-        seed = f"{context.audio_sha256}|{context.client_ref or ''}|{when.isoformat()}"
+        seed = f"{context.audio_sha256 or ''}|{context.client_ref or ''}|{when.isoformat()}"
         tail = hashlib.sha256(seed.encode()).hexdigest()[:8]
     else:
         tail = secrets.token_hex(4)
@@ -161,6 +169,10 @@ def build_ticket(
     else:
         mine = list(range(len(segments)))
         caller_text, other_text = full_text, ""
+    title = mask_pii(context.title, rules).strip() if context.title else ""
+    if title and title not in caller_text:
+        # a typed message's title is the caller's words too (often the matter itself)
+        caller_text = _join([title, caller_text])
 
     ticket_segments = [
         TicketSegment(
@@ -271,7 +283,10 @@ def build_ticket(
         submitted_at=context.submitted_at,
         source=context.source,
         submitter=submitter,
-        audio=AudioRef(
+        title=title or None,
+        audio=None
+        if context.audio_sha256 is None
+        else AudioRef(
             sha256=context.audio_sha256,
             duration_s=context.duration_s
             if context.duration_s is not None
