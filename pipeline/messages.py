@@ -12,16 +12,28 @@ title counts as the caller's words too.
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from asr.types import Segment, Transcript
 from pipeline.ticket_schema import Ticket
 from pipeline.tickets.build import TicketContext, build_ticket
-from pipeline.tickets.rules import TicketRules
+from pipeline.tickets.rules import TicketRules, load_rules
 
 if TYPE_CHECKING:
     from pipeline.store import Store
@@ -71,6 +83,72 @@ class TypedMessage(BaseModel):
         return hashlib.sha256(seed.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class MessageLine:
+    """One line of a typed-message JSONL file: the message, or why it is not one."""
+
+    path: str
+    line: int
+    id: str | None
+    message: TypedMessage | None
+    error: str | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+def _problem(e: ValidationError) -> str:
+    out = []
+    for err in e.errors():
+        field = ".".join(str(p) for p in err.get("loc", ()))
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        out.append(f"{field}: {msg}" if field else msg)
+    return "; ".join(out)
+
+
+def parse_message_line(data: Any) -> tuple[str | None, TypedMessage]:
+    """(id, message) from one decoded JSONL object {"id", "title", "text", ...}.
+    The id is the message's client_ref unless it brings its own. ValueError naming
+    the field otherwise."""
+    if not isinstance(data, dict):
+        raise ValueError("a line must be a JSON object")
+    fields = dict(data)
+    raw_id = fields.pop("id", None)
+    if raw_id is not None and not isinstance(raw_id, (str, int)):
+        raise ValueError("id: must be a string or a number")
+    msg_id = str(raw_id) if raw_id is not None else None
+    if msg_id is not None and not fields.get("client_ref"):
+        fields["client_ref"] = msg_id
+    try:
+        return msg_id, TypedMessage.model_validate(fields)
+    except ValidationError as e:
+        raise ValueError(_problem(e)) from None
+
+
+def read_message_lines(path: str | Path) -> Iterator[MessageLine]:
+    """Every non-blank line of a typed-message JSONL file, in order; a bad line comes
+    with its error (FILE:LINE and the field) instead of stopping the rest."""
+    name = str(path)
+    with open(path, encoding="utf-8") as fh:
+        for number, text in enumerate(fh, 1):
+            if not text.strip():
+                continue
+            try:
+                data = json.loads(text)
+            except ValueError as e:
+                yield MessageLine(name, number, None, None, f"not JSON: {e}")
+                continue
+            raw_id = data.get("id") if isinstance(data, dict) else None
+            try:
+                msg_id, msg = parse_message_line(data)
+            except ValueError as e:
+                yield MessageLine(name, number, None if raw_id is None else str(raw_id),
+                                  None, str(e))
+                continue
+            yield MessageLine(name, number, msg_id, msg)
+
+
 def message_ticket_id(msg: TypedMessage, now: datetime) -> str:
     """The same message (text, client_ref, submitted_at) always gets the same id; one
     without a submission time gets a fresh one."""
@@ -96,8 +174,15 @@ def ticket_from_message(
     rules: TicketRules | None = None,
     now: datetime | None = None,
     ticket_id: str | None = None,
+    category: str | None = None,
 ) -> Ticket:
-    """The ticket for one typed message, through the same builder as voice notes."""
+    """The ticket for one typed message, through the same builder as voice notes.
+
+    `category`: a leaf code the submitter chose (Open311's service_code) instead of the
+    classifier's; KeyError if the taxonomy has no such leaf.
+    """
+    if category is not None:
+        (rules or load_rules()).category(category)  # KeyError before anything is built
     now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
     context = TicketContext(
         source="message",
@@ -109,6 +194,7 @@ def ticket_from_message(
         lon=msg.lon,
         submitted_at=msg.submitted_at,
         ticket_id=ticket_id or message_ticket_id(msg, now),
+        category=category,
     )
     return build_ticket(message_transcript(msg), context, rules, now=now)
 
@@ -120,6 +206,7 @@ def accept_message(
     submitter_id: str | None = None,
     rules: TicketRules | None = None,
     now: datetime | None = None,
+    category: str | None = None,
 ) -> tuple[Ticket, bool]:
     """Build, store (ticket + outbox `ticket.created` in one transaction) and return
     (ticket, created). A client_ref this submitter already used returns the ticket it
@@ -131,7 +218,7 @@ def accept_message(
         existing = store.ticket_for_client_ref(msg.client_ref, submitter_id=submitter_id)
         if existing is not None:
             return existing, False
-    ticket = ticket_from_message(msg, rules=rules, now=now)
+    ticket = ticket_from_message(msg, rules=rules, now=now, category=category)
     return store.save_message_ticket(ticket, submitter_id=submitter_id,
                                      content_sha256=msg.content_sha256(), now=now)
 
@@ -139,9 +226,12 @@ def accept_message(
 __all__ = [
     "MAX_TEXT_CHARS",
     "MAX_TITLE_CHARS",
+    "MessageLine",
     "TypedMessage",
     "accept_message",
     "message_ticket_id",
     "message_transcript",
+    "parse_message_line",
+    "read_message_lines",
     "ticket_from_message",
 ]

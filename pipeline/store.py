@@ -974,6 +974,28 @@ class Store:
             return existing, False
         return ticket, True
 
+    def find_tickets(self, *, ids: Sequence[str] | None = None,
+                     categories: Sequence[str] | None = None,
+                     statuses: Sequence[str] | None = None,
+                     created_from: datetime | None = None, created_to: datetime | None = None,
+                     submitter_id: str | None = None, limit: int = 1000) -> list[TicketRow]:
+        """Tickets by id list, exact category codes and review statuses, oldest first
+        (Open311's requests.json): every filter given must hold; [from, to)."""
+        conditions = _ticket_filters(statuses=statuses, category=None, urgency=None,
+                                     source=None, created_from=created_from,
+                                     created_to=created_to)
+        if ids is not None:
+            conditions.append(TicketRow.id.in_(list(ids)))
+        if categories is not None:
+            conditions.append(TicketRow.category_code.in_(list(categories)))
+        if submitter_id is not None:
+            conditions.append(TicketRow.job_id.in_(
+                select(Job.id).where(Job.submitter_id == submitter_id)))
+        with self.session() as s:
+            return list(s.scalars(select(TicketRow).where(*conditions)
+                                  .order_by(TicketRow.created_at.asc(), TicketRow.id.asc())
+                                  .limit(limit)))
+
     # -- tickets -----------------------------------------------------------------------
 
     def get_ticket_row(self, ticket_id: str) -> TicketRow | None:

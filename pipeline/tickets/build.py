@@ -53,6 +53,8 @@ class TicketContext(BaseModel):
     audio_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     source: Source = "voice_note"
     title: str | None = Field(None, max_length=200, description="a typed message's title")
+    # the leaf the submitter chose (an Open311 service_code); the safety rules still win
+    category: str | None = Field(None, pattern=r"^[a-z][a-z0-9_.]*$")
     phone: str | None = Field(None, repr=False)
     client_ref: str | None = None
     address: str | None = Field(None, description="typed address from the app form")
@@ -212,12 +214,14 @@ def build_ticket(
     if kind_score == 0 and urgency_found.kind:
         kind = urgency_found.kind
     category, categorised = classify_category(caller_text, rules)
+    if context.category:
+        category, categorised = rules.category(context.category), True
     if urgency_found.category and urgency_found.category != category.code:
         # a gas leak reported as "物业不管" goes to whoever handles gas leaks
         category, categorised = rules.category(urgency_found.category), True
     elif urgency_found.rules and not categorised and rules.taxonomy.urgent_fallback:
         category, categorised = rules.category(rules.taxonomy.urgent_fallback), True
-    elif not urgency_found.category:
+    elif not urgency_found.category and not context.category:
         written, written_ok = classify_category(caller_text, rules, homophones=False)
         by_sound |= (category.code, categorised) != (written.code, written_ok)
     location, location_flags, spoken = parse_location(caller_text, context, rules)

@@ -1,0 +1,139 @@
+"""Tickets: the list, one ticket (JSON or the 12345 work order), its audio."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import FileResponse
+from pydantic import BaseModel
+
+from api.auth import Caller, require
+from api.deps import BlobsDep, SettingsDep, StoreDep, own_ticket, ticket_doc
+from api.errors import ApiError, ErrorBody, require_time_zones
+from pipeline.audio import AudioError, sniff_format, write_playable_wav
+from pipeline.store import Store
+from pipeline.ticket_schema import Ticket
+from pipeline.tickets import load_rules
+from pipeline.tickets.exports import work_order_12345
+
+router = APIRouter(tags=["tickets"])
+_submitter = require("submitter")
+
+_MIME = {"wav": "audio/wav", "mp3": "audio/mpeg", "mp4": "audio/mp4", "3gp": "audio/3gpp",
+         "amr": "audio/amr", "ogg": "audio/ogg", "webm": "audio/webm", "flac": "audio/flac",
+         "aac": "audio/aac", "silk": "audio/silk", "caf": "audio/x-caf",
+         "aiff": "audio/aiff", "mkv": "audio/x-matroska", "asf": "audio/x-ms-wma"}
+
+WORK_ORDER_EXAMPLE = {
+    "工单编号": "T20261123-070000-1a2b3c4d",
+    "来电时间": "2026-11-23T15:00:00+08:00",
+    "来源渠道": "语音留言",
+    "诉求类型": "投诉",
+    "事项分类": "城乡建设/市政设施/路灯照明",
+    "诉求内容": "浦阳街道和平路口的路灯坏了一个星期了晚上走路看不见",
+    "诉求概要": "来电人反映：浦阳街道和平路口路灯损坏一周，夜间出行不便；诉求：尽快维修。",
+    "事发地址": "浙江省金华市浦江县浦阳街道和平路口",
+    "承办单位": "综合行政执法局（市政设施）",
+    "办理时限": {"工作日": 5, "截止日期": "2026-11-30"},
+    "紧急程度": "一般",
+    "是否重复": "否",
+    "关联工单": [],
+}
+
+
+class TicketList(BaseModel):
+    items: list[dict[str, Any]]
+    total: int
+    limit: int
+    offset: int
+    next_offset: int | None
+
+
+def related_tickets(store: Store, ticket: Ticket) -> list[str]:
+    """Ticket ids of the same 一类事 (cluster), where the store knows them."""
+    members = getattr(store, "cluster_member_ids", None)  # the clusters part's store call
+    if ticket.cluster_id is None or members is None:
+        return []
+    return list(members(ticket.cluster_id))
+
+
+@router.get("/v1/tickets", response_model=TicketList,
+            summary="Tickets, newest first (a submitter sees its own)")
+def list_tickets(
+    store: StoreDep,
+    caller: Annotated[Caller, Depends(_submitter)],
+    status: Literal["new", "in_review", "reviewed"] | None = None,
+    category: Annotated[str | None, Query(max_length=64, description="code or prefix")] = None,
+    urgency: Literal["normal", "urgent"] | None = None,
+    needs_review: bool | None = None,
+    source: Literal["voice_note", "hotline", "message"] | None = None,
+    created_from: datetime | None = None,
+    created_to: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    require_time_zones(created_from=created_from, created_to=created_to)
+    page = store.list_tickets(
+        status=status, category=category, urgency=urgency, needs_review=needs_review,
+        source=source, created_from=created_from, created_to=created_to, limit=limit,
+        offset=offset, submitter_id=None if caller.at_least("staff") else caller.key_id,
+    )
+    return {"items": [ticket_doc(r, caller) for r in page.items], "total": page.total,
+            "limit": page.limit, "offset": page.offset, "next_offset": page.next_offset}
+
+
+@router.get(
+    "/v1/tickets/{ticket_id}", summary="One ticket: the ticket JSON, or a 12345 work order",
+    responses={
+        200: {"description": "format=json: the ticket document (staff see the phone, a "
+                             "submitter the masked number); format=12345: the work order",
+              "content": {"application/json": {"examples": {
+                  "12345": {"summary": "format=12345", "value": WORK_ORDER_EXAMPLE}}}}},
+        404: {"model": ErrorBody},
+        422: {"model": ErrorBody, "description": "an unknown format"}},
+)
+def get_ticket(
+    ticket_id: str, store: StoreDep, caller: Annotated[Caller, Depends(_submitter)],
+    format: Annotated[Literal["json", "12345"], Query(
+        description="json: the ticket; 12345: the work-order fields a 12345 platform "
+                    "takes (工单编号, 来电时间, 事项分类, 办理时限, ...)")] = "json",
+) -> dict[str, Any]:
+    row = own_ticket(store, ticket_id, caller)
+    if format == "12345":
+        ticket = row.ticket
+        return work_order_12345(ticket, related=related_tickets(store, ticket),
+                                rules=load_rules())
+    return ticket_doc(row, caller)
+
+
+@router.get("/v1/tickets/{ticket_id}/audio", response_class=FileResponse,
+            responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+            summary="The audio (staff): the original, or a WAV any browser plays")
+def ticket_audio(
+    ticket_id: str, store: StoreDep, blobs: BlobsDep, settings: SettingsDep,
+    caller: Annotated[Caller, Depends(require("staff"))],
+    format: Annotated[Literal["original", "wav"], Query(
+        description="original: the bytes as received; wav: 16 kHz PCM, every "
+                    "channel, seekable (browsers play no AMR or SILK)")] = "original",
+) -> FileResponse:
+    row = own_ticket(store, ticket_id, caller)
+    job = store.get_job(row.job_id) if row.job_id else None
+    if job is None or row.source == "message" or not blobs.exists(job.audio_sha256):
+        raise ApiError(404, "not_found", f"ticket {ticket_id} has no stored audio")
+    path = blobs.path(job.audio_sha256)
+    if format == "wav":
+        wav = settings.data_dir / "renditions" / f"{job.audio_sha256}.wav"
+        if not wav.exists():
+            try:
+                write_playable_wav(path, wav)
+            except AudioError as e:
+                raise ApiError(422, f"unreadable_audio.{e.code}", str(e)) from None
+        return FileResponse(wav, media_type="audio/wav",
+                            filename=f"{ticket_id}.wav", content_disposition_type="inline")
+    with path.open("rb") as fh:
+        fmt = sniff_format(fh.read(64 * 1024))
+    name = job.audio_filename or f"{ticket_id}.{fmt or 'bin'}"
+    return FileResponse(path, media_type=_MIME.get(fmt or "", "application/octet-stream"),
+                        filename=name)
