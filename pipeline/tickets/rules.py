@@ -24,6 +24,7 @@ from pipeline.ticket_schema import (
 )
 from pipeline.tickets.common import _NAME_CHAR, DATA_DIR
 from pipeline.tickets.gazetteer import Gazetteer
+from pipeline.tickets.repeats import RepeatRules
 from pipeline.tickets.sounds import SoundIndex
 
 
@@ -184,6 +185,7 @@ class RulesFile(_RuleFile):
     review: ReviewRules
     summary: SummaryRules
     homophones: HomophoneRules = Field(default_factory=HomophoneRules)
+    repeats: RepeatRules = Field(default_factory=RepeatRules)
 
 
 @dataclass(frozen=True)
