@@ -26,6 +26,11 @@ def _store():
     return Store.from_settings(get_settings(), migrate=True)
 
 
+def _line_error(text: str) -> None:
+    # plain, unwrapped: scripts grep FILE:LINE out of it
+    sys.stderr.write(text + "\n")
+
+
 @tickets_app.command("from-text")
 def from_text(
     file: Annotated[Path, typer.Argument(help='JSONL: {"id", "title", "text"} per line '
@@ -51,7 +56,7 @@ def from_text(
         for line in read_message_lines(file):
             if line.message is None:
                 failed += 1
-                err.print(f"{line.where}: {line.error}", highlight=False, markup=False)
+                _line_error(f"{line.where}: {line.error}")
                 continue
             try:
                 if target is not None:
@@ -60,12 +65,12 @@ def from_text(
                     ticket = ticket_from_message(line.message, rules=rules)
             except ValueError as e:  # the builder refused a field (a bad phone, ...)
                 failed += 1
-                err.print(f"{line.where}: {e}", highlight=False, markup=False)
+                _line_error(f"{line.where}: {e}")
                 continue
             sys.stdout.write(ticket.public_json() + "\n")
     finally:
         if target is not None:
             target.dispose()
     if failed:
-        err.print(f"{failed} line(s) of {file} failed", highlight=False, markup=False)
+        _line_error(f"{failed} line(s) of {file} failed")
         raise typer.Exit(1)

@@ -26,8 +26,8 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
-    model_validator,
 )
 
 from asr.types import Segment, Transcript
@@ -57,7 +57,8 @@ class TypedMessage(BaseModel):
                               description="call-back number (stored, masked when shown)")
     address: str | None = Field(None, max_length=500, description="the typed address")
     lat: float | None = Field(None, ge=-90, le=90)
-    lon: float | None = Field(None, ge=-180, le=180)
+    # checked with lat (validate_default: a lone lat is an error located at lon)
+    lon: float | None = Field(None, ge=-180, le=180, validate_default=True)
     client_ref: str | None = Field(
         None, max_length=128,
         description="the platform's own id: sending it again returns the first ticket")
@@ -70,12 +71,15 @@ class TypedMessage(BaseModel):
     def _blank_is_none(cls, v: str | None) -> str | None:
         return v or None
 
-    @model_validator(mode="after")
-    def _coordinates_pair(self) -> TypedMessage:
-        if (self.lat is None) != (self.lon is None):
-            missing = "lon" if self.lon is None else "lat"
-            raise ValueError(f"{missing}: lat and lon come together or not at all")
-        return self
+    @field_validator("lon")
+    @classmethod
+    def _coordinates_pair(cls, v: float | None, info: ValidationInfo) -> float | None:
+        if "lat" not in info.data:  # lat itself was invalid: that error suffices
+            return v
+        if (info.data["lat"] is None) != (v is None):
+            raise ValueError("lat is given without lon" if v is None
+                             else "lon is given without lat")
+        return v
 
     def content_sha256(self) -> str:
         """Stands in for the audio hash where a store row needs one."""
