@@ -35,6 +35,7 @@ __all__ = [
     "GazetteerError",
     "PlaceCorrector",
     "RegionPlaces",
+    "country_divisions",
     "region_names",
     "sound_key",
     "text_key",
@@ -145,6 +146,9 @@ class RegionPlaces:
     # those under MIN_NAME_CHARS characters never become correction targets
     spoken: tuple[str, ...]
     aliases: tuple[str, ...] = ()  # jionlp's short names of the region itself (浦江)
+    # (county, town, its villages) for every town, in the data's order: which town a
+    # village lies in (names repeat across towns: 曙光村); villages () for a city
+    tree: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
 
     @property
     def name(self) -> str:
@@ -307,22 +311,38 @@ def _find(region: str) -> int:
     return chosen[0]
 
 
-def _towns_and_villages(div: _Division) -> tuple[list[str], list[str]]:
-    towns: list[str] = []
-    villages: list[str] = []
+def _town_tree(div: _Division) -> list[tuple[str, list[str]]]:
+    """(town, its villages) for each town of a county."""
+    tree: list[tuple[str, list[str]]] = []
     for line in _location_bytes()[div.start:div.end].decode("utf-8").splitlines():
         name = line.strip()
         if not name:
             continue
         if line.startswith("\t\t\t\t"):
-            villages.append(name)
+            if tree:
+                tree[-1][1].append(name)
         elif line.startswith("\t\t\t"):
-            towns.append(name)
-    return towns, villages
+            tree.append((name, []))
+    return tree
 
 
 def _spoken(names: Iterable[str], suffix: re.Pattern[str]) -> list[str]:
     return [m.group(1) for m in map(suffix.fullmatch, names) if m]
+
+
+@lru_cache(maxsize=1)
+def country_divisions() -> tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]:
+    """Every province, city and county of jionlp's data as (path of full names, province
+    first; its short names): (("浙江省", "金华市", "浦江县"), ("浦江",)). The data's
+    stand-ins for "the city itself" (市直辖行政区划) are left out of paths."""
+    divs = _divisions()
+    out = []
+    for i, div in enumerate(divs):
+        if "直辖行政区划" in div.name:
+            continue
+        path = tuple(d.name for d in _path(divs, i) if "直辖行政区划" not in d.name)
+        out.append((path, div.alias))
+    return tuple(out)
 
 
 @lru_cache(maxsize=16)
@@ -347,12 +367,15 @@ def region_names(region: str) -> RegionPlaces:
     city_as_county = div.level == 1 and all(divs[j].name in _PSEUDO_COUNTIES for j in counties)
     towns: list[str] = []
     villages: list[str] = []
+    tree: list[tuple[str, str, tuple[str, ...]]] = []
     for j in counties:
-        t, v = _towns_and_villages(divs[j])
-        towns += t
-        villages += v
+        for town, its in _town_tree(divs[j]):
+            towns.append(town)
+            villages += its
+            tree.append((divs[j].name, town, tuple(its)))
     if div.level == 1 and not city_as_county:
         villages = []
+        tree = [(county, town, ()) for county, town, _ in tree]
     towns = list(dict.fromkeys(towns))
     villages = list(dict.fromkeys(villages))
     return RegionPlaces(
@@ -368,4 +391,5 @@ def region_names(region: str) -> RegionPlaces:
             [*_spoken(towns, _TOWN_SUFFIX), *_spoken(villages, _VILLAGE_SUFFIX)]
         )),
         aliases=div.alias,
+        tree=tuple(tree),
     )

@@ -208,14 +208,25 @@ class Location(_Model):
         )
 
     def full_address(self) -> str | None:
-        """Administrative levels the free text does not already say, then the text."""
-        text = self.text or ""
+        """The parsed parts in order (province .. village, road, landmark), each once,
+        then the house number said after the last of them (12号, 3栋2单元); only the
+        free text when nothing was parsed. Open311's `address_string`."""
         parts: list[str] = []
-        for part in (self.province, self.city, self.district, self.street, self.village):
-            if part and part not in text and part not in parts:
-                parts.append(part)
-        address = "".join(parts) + text
-        return address or None
+        for part in (self.province, self.city, self.district, self.street, self.village,
+                     self.road, self.landmark):
+            # 北京市 is province and city; 和平路口 already holds 和平路
+            if part and not any(part in p for p in parts):
+                parts = [p for p in parts if p not in part] + [part]
+        if not parts:
+            return self.text or self.submitted_address or None
+        address = "".join(parts)
+        text = self.text or ""
+        last = parts[-1]
+        at = text.rfind(last)
+        if at >= 0:  # a detail said after the last part: 和平路 + 十二号
+            detail = re.split(r"[；;，,。\s]", text[at + len(last):], maxsplit=1)[0]
+            address += detail
+        return address
 
 
 class Urgency(_Model):

@@ -230,10 +230,11 @@ def test_real_complaints(text: str, kind: str, code: str, urgent_rules: set[str]
         assert ticket.urgency.level == "urgent"
         assert ticket.urgency.reasons and all(ticket.urgency.reasons)
         assert "urgent" in ticket.review.flags and ticket.review.needed
-        assert ticket.summary.startswith("【紧急·")
+        assert ticket.summary.startswith("【紧急】来电人反映：")
     else:
         assert ticket.urgency.level == "normal", ticket.urgency
-    assert ticket.summary.startswith("【") and len(ticket.summary) <= 60
+        assert ticket.summary.startswith("来电人反映：")
+    assert len(ticket.summary) <= 80 and "诉求：" in ticket.summary
 
 
 def test_every_urgency_rule_has_a_positive_case() -> None:
@@ -395,7 +396,7 @@ def test_homophone_urgency_says_what_was_heard() -> None:
     ticket = build("有个紧盖不见了，很微信")
     assert "紧盖≈井盖" in ticket.urgency.reasons[0]
     assert {"urgent", "homophone_match"} <= set(ticket.review.flags)
-    assert ticket.summary.startswith("【紧急·道路与井盖设施】")
+    assert ticket.summary.startswith("【紧急】来电人反映：井盖")
     # written words alone: no homophone flag, reasons as before
     written = build("有个井盖不见了，很危险")
     assert "homophone_match" not in written.review.flags
@@ -854,7 +855,7 @@ def test_wrong_language_and_empty() -> None:
         ticket.review.flags
     )
     assert ticket.category.code == "other"
-    assert ticket.summary == "【其他】（无有效语音内容）"
+    assert ticket.summary == "（无有效语音内容）"
     empty = build_ticket(
         transcript("", segments=[]), context(), review_confidence_below=THRESHOLD, now=NOW
     )
@@ -877,13 +878,16 @@ def test_summary_is_extractive_and_short() -> None:
         "喂，你好，我想反映一下，我们浦阳街道和平路上的路灯坏了一个星期了，晚上黑乎乎的，"
         "老人走路很危险。"
     )
-    assert build(text).summary == "【路灯照明】浦阳街道和平路上的路灯坏了一个星期了"
+    # where, object, problem, how long, impact; the request by default from the problem
+    assert build(text).summary == (
+        "来电人反映：浦阳街道和平路路灯损坏一周，夜间出行不便；诉求：尽快维修。"
+    )
     assert build(text).summary == build(text).summary
     long_text = "我要投诉" + "，隔壁工地半夜施工打桩机器声音特别特别大吵得老人小孩都睡不着" * 3
-    assert len(build(long_text).summary) <= 60
-    # the place goes in front when the chosen clause does not say it
+    assert len(build(long_text).summary) <= 80
+    # the place said in another sentence still goes in front
     gas = build("我住在仙华街道翠湖小区。厨房里一股煤气味，好像漏气了。")
-    assert gas.summary.startswith("【紧急·燃气安全】仙华街道翠湖小区，")
+    assert gas.summary.startswith("【紧急】来电人反映：仙华街道翠湖小区煤气泄漏")
 
 
 def test_ticket_id_and_times() -> None:

@@ -234,19 +234,16 @@ def build_ticket(
         possible=urgency_found.possible,
     )
 
-    summary = (
-        f"【{category.label}】{rules.rules.summary.empty_text}"
-        if empty
-        else summarise(
-            caller_text,
-            category.label,
-            rules,
-            urgent=urgent,
-            place=spoken,
-            key_spans=urgency_found.spans,
-            category=category if categorised else None,
-            kind=kind,
-        )
+    summary = summarise(
+        "" if empty else caller_text,
+        rules,
+        category=category if categorised else None,
+        kind=kind,
+        location=location,
+        place=spoken,
+        urgent=urgent,
+        source=context.source,
+        key_spans=urgency_found.spans,
     )
 
     # -- review flags ------------------------------------------------------------------------

@@ -107,6 +107,12 @@ class LocationRules(_RuleFile):
     boundary_words: list[str] = Field(default_factory=list)
     boundary_chars: str = ""
     generic: list[str] = Field(default_factory=list)
+    # which level a shape-found name is, by its ending; other head suffixes are landmarks
+    street_suffixes: list[str] = Field(default_factory=list)
+    village_suffixes: list[str] = Field(default_factory=list)
+    road_suffixes: list[str] = Field(default_factory=list)
+    road_tail: str = "(?!)"  # after a road: 路口, 交叉口
+    connectors: str = ""  # X路与Y路: one intersection
 
 
 class PiiPattern(_RuleFile):
@@ -133,11 +139,24 @@ class ReviewRules(_RuleFile):
 
 
 class SummaryRules(_RuleFile):
-    max_chars: int = Field(60, ge=10, le=80)
+    max_chars: int = Field(80, ge=10, le=80)
     empty_text: str
     filler_clause: str
     filler_prefix: str
     trailing: str
+    # 诉求概要's five elements (see ticket_rules.yaml, `summary`)
+    prefix: dict[str, str] = Field(default_factory=dict)  # source -> 来电人反映：
+    urgent_mark: str = ""
+    fillers: list[str] = Field(default_factory=list)
+    objects: list[str] = Field(default_factory=list)
+    problems: dict[str, str] = Field(default_factory=dict)  # regex -> how it is written
+    durations: list[str] = Field(default_factory=list)  # regexes, first match wins
+    since: list[str] = Field(default_factory=list)
+    impacts: dict[str, str] = Field(default_factory=dict)
+    requests: dict[str, str] = Field(default_factory=dict)
+    problem_requests: dict[str, str] = Field(default_factory=dict)  # problem -> request
+    default_requests: dict[str, str] = Field(default_factory=dict)  # kind -> request
+    third_person: dict[str, str] = Field(default_factory=dict)
 
 
 class HomophoneRules(_RuleFile):
