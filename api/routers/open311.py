@@ -224,6 +224,15 @@ class Open311RequestIn(BaseModel):
         return self
 
 
+def _problem(e: ValidationError, names: Mapping[str, str] | None = None) -> str:
+    """The first problem as 'field: what is wrong'."""
+    first = e.errors()[0]
+    loc = [str(p) for p in first.get("loc", ())]
+    field = ".".join((names or {}).get(p, p) for p in loc)
+    msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    return f"{field}: {msg}" if field else msg
+
+
 def _flatten(items: list[tuple[str, Any]]) -> dict[str, Any]:
     """Form fields -> arguments; attribute[CODE] (and attribute[CODE][]) into one dict."""
     out: dict[str, Any] = {}
@@ -279,9 +288,7 @@ async def post_request(request: Request, fmt: str) -> Response:
     try:
         body = Open311RequestIn.model_validate(args)
     except ValidationError as e:
-        first = e.errors()[0]
-        field = ".".join(str(p) for p in first.get("loc", ())) or "request"
-        raise Open311Error(400, f"{field}: {first.get('msg', 'invalid')}", f) from None
+        raise Open311Error(400, _problem(e), f) from None
     rules = load_rules()
     try:
         rule = rules.category(body.service_code)
@@ -294,11 +301,9 @@ async def post_request(request: Request, fmt: str) -> Response:
         msg = TypedMessage(title=rule.label, text=body.description or rule.label,
                            phone=body.phone, address=address, lat=body.lat, lon=body.long,
                            user=body.account_id)
-    except ValidationError as e:
-        first = e.errors()[0]
-        field = {"text": "description", "lon": "long", "address": "address_string"}.get(
-            str(first["loc"][0]) if first.get("loc") else "", "request")
-        raise Open311Error(400, f"{field}: {first.get('msg', 'invalid')}", f) from None
+    except ValidationError as e:  # the message's own limits, in Open311's names
+        raise Open311Error(400, _problem(e, {"text": "description", "lon": "long",
+                                             "address": "address_string"}), f) from None
     ticket, _ = await run_in_threadpool(accept_message, request.app.state.store, msg,
                                         submitter_id=caller.key_id, rules=rules,
                                         category=rule.code)

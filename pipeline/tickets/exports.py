@@ -194,6 +194,10 @@ def open311_submission(ticket: Ticket) -> dict[str, Any]:
     }
 
 
+# the spec's declaration, double-quoted, UTF-8 named as it names it
+_XML_DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>\n'
+
+
 def _xml_value(parent: ET.Element, key: str, value: Any) -> None:
     child = ET.SubElement(parent, key)
     if value is None:
@@ -220,7 +224,7 @@ def open311_xml(root: str, item: str, records: Iterable[Mapping[str, Any]]) -> b
         node = ET.SubElement(top, item)
         for key, value in record.items():
             _xml_value(node, key, value)
-    return ET.tostring(top, encoding="utf-8", xml_declaration=True)
+    return _XML_DECLARATION + ET.tostring(top, encoding="unicode").encode()
 
 
 def open311_xml_object(root: str, record: Mapping[str, Any]) -> bytes:
@@ -228,7 +232,7 @@ def open311_xml_object(root: str, record: Mapping[str, Any]) -> bytes:
     top = ET.Element(root)
     for key, value in record.items():
         _xml_value(top, key, value)
-    return ET.tostring(top, encoding="utf-8", xml_declaration=True)
+    return _XML_DECLARATION + ET.tostring(top, encoding="unicode").encode()
 
 
 def open311_errors(errors: Sequence[tuple[int, str]]) -> list[dict[str, Any]]:
