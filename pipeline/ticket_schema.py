@@ -335,28 +335,11 @@ class Ticket(_Model):
     # --- Open311 -----------------------------------------------------------------
 
     def to_open311(self) -> dict[str, Any]:
-        """Open311 GeoReport v2 service-request fields (GET requests.json shape).
+        """The fields a GeoReport v2 client POSTs for this ticket (no personal field);
+        the full Open311 mapping is `pipeline.tickets.exports`."""
+        from pipeline.tickets.exports import open311_submission  # the schema stays a leaf
 
-        The description is the summary then the (masked) transcript, cut to the
-        4000 characters many GeoReport servers accept. No personal field is sent.
-        """
-        description = self.summary
-        if self.transcript.text and self.transcript.text not in description:
-            description = f"{self.summary}\n{self.transcript.text}"
-        requested = self.submitted_at or self.created_at
-        return {
-            "service_request_id": self.id,
-            "status": "open",
-            "service_code": self.category.code,
-            "service_name": self.category.label,
-            "agency_responsible": self.category.department,
-            "description": description[:4000],
-            "address_string": self.location.full_address(),
-            "lat": self.location.lat,
-            "long": self.location.lon,
-            "media_url": self.audio.media_url if self.audio else None,
-            "requested_datetime": requested.isoformat(timespec="seconds"),
-        }
+        return open311_submission(self)
 
 
 def ticket_json_schema() -> dict[str, Any]:
