@@ -61,6 +61,14 @@ class Settings(BaseSettings):
     # --- ticket review ---
     review_confidence_below: float = 0.45
 
+    # --- ticket categories ---
+    # the county's own departments, time limits and keywords per category code
+    # (see pipeline/data/county.example.yaml); None: the shipped taxonomy as it is
+    county_file: Path | None = None
+    # the category classifier: a directory under models_dir/classifier (or a path);
+    # the registry's current one (minyin tickets promote) takes precedence
+    classifier: str = "default"
+
     # --- storage ---
     data_dir: Path = REPO_ROOT / "var"  # originals (content-addressed), SQLite, JSONL sink
     # SQLAlchemy URL; None: SQLite at data_dir/minyin.db. PostgreSQL in production,

@@ -7,6 +7,7 @@ import re
 import secrets
 from collections.abc import Iterable
 from datetime import datetime, timezone
+from typing import Literal
 
 from pydantic import (
     AwareDatetime,
@@ -31,7 +32,8 @@ from pipeline.ticket_schema import (
     TicketTranscript,
     Urgency,
 )
-from pipeline.tickets.classify import classify_category, classify_kind
+from pipeline.tickets.classifier import choose_category, load_classifier
+from pipeline.tickets.classify import classify_kind
 from pipeline.tickets.common import _CLAUSE_END, _MEANINGFUL
 from pipeline.tickets.pii import mask_pii, mask_pii_segments
 from pipeline.tickets.places import parse_location
@@ -138,11 +140,14 @@ def build_ticket(
     *,
     review_confidence_below: float | None = None,
     now: datetime | None = None,
+    classifier: str | Literal[False] | None = None,
 ) -> Ticket:
     """The ticket for one transcribed submission.
 
     `review_confidence_below` defaults to the setting of the same name;
-    `now` (aware) fixes created_at, for tests and replays.
+    `now` (aware) fixes created_at, for tests and replays; `classifier` names the
+    category classifier (default: the registry's current one, else MINYIN_CLASSIFIER;
+    False: keywords only).
     """
     rules = rules or load_rules()
     if review_confidence_below is None:
@@ -213,17 +218,35 @@ def build_ticket(
     by_sound |= kind != classify_kind(caller_text, rules, homophones=False)[0]
     if kind_score == 0 and urgency_found.kind:
         kind = urgency_found.kind
-    category, categorised = classify_category(caller_text, rules)
-    if context.category:
-        category, categorised = rules.category(context.category), True
+    # the trained classifier and the keyword score together (classifier.choose_category)
+    model = load_classifier(classifier) if classifier is not False else None
+    model_probs = model.predict(caller_text) if model is not None and caller_text else None
+    choice = choose_category(caller_text, rules, model, model_probs=model_probs)
+    category, categorised, confidence = choice.category, choice.categorised, choice.confidence
+    unsure = choice.unsure
+    if context.category:  # the submitter chose the leaf (an Open311 service code)
+        category, categorised, confidence, unsure = (
+            rules.category(context.category), True, 1.0, False)
     if urgency_found.category and urgency_found.category != category.code:
-        # a gas leak reported as "物业不管" goes to whoever handles gas leaks
-        category, categorised = rules.category(urgency_found.category), True
+        # a gas leak reported as "物业不管" goes to whoever handles gas leaks: the
+        # safety rules override the classifier
+        category, categorised, confidence, unsure = (
+            rules.category(urgency_found.category), True, 1.0, False)
     elif urgency_found.rules and not categorised and rules.taxonomy.urgent_fallback:
-        category, categorised = rules.category(rules.taxonomy.urgent_fallback), True
+        category, categorised, confidence, unsure = (
+            rules.category(rules.taxonomy.urgent_fallback), True, 1.0, False)
     elif not urgency_found.category and not context.category:
-        written, written_ok = classify_category(caller_text, rules, homophones=False)
-        by_sound |= (category.code, categorised) != (written.code, written_ok)
+        written = choose_category(caller_text, rules, model, homophones=False,
+                                  model_probs=model_probs)
+        by_sound |= (category.code, categorised) != (written.category.code, written.categorised)
+        # the keywords alone: a sound-alike that backs the chosen leaf is for a person
+        # to confirm even where the model would have chosen it anyway
+        heard = choose_category(caller_text, rules, None)
+        read = choose_category(caller_text, rules, None, homophones=False)
+        if heard.category.code == category.code and heard.category.code != read.category.code:
+            by_sound = True
+    elif urgency_found.category == category.code:
+        unsure = False  # a safety rule agrees
     location, location_flags, spoken = parse_location(caller_text, context, rules)
 
     urgent = bool(urgency_found.rules)
@@ -270,6 +293,10 @@ def build_ticket(
     flags.extend(location_flags)
     if not categorised:
         flags.append("uncategorised")
+    elif unsure:
+        flags.append("category_unsure")
+    if model is None and classifier is not False:
+        flags.append("classifier_missing")
     try:
         submitter = Submitter(phone=context.phone, client_ref=context.client_ref)
     except ValidationError:
@@ -302,7 +329,11 @@ def build_ticket(
         language=language,
         dialect=transcript.dialect or "mandarin",
         kind=kind,
-        category=Category(code=category.code, label=category.label, department=category.department),
+        category=Category(code=category.code, label=category.label, path=list(category.path),
+                          department=category.department,
+                          time_limit_days=category.time_limit_days,
+                          confidence=round(confidence, 4)),
+        classifier=ModelRef(name=model.name, version=model.version) if model else None,
         location=location,
         urgency=urgency,
         summary=summary,

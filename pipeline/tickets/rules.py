@@ -34,27 +34,114 @@ class _RuleFile(BaseModel):
 
 class CategoryRule(_RuleFile):
     code: str = Field(pattern=r"^[a-z][a-z0-9_.]*$")
-    group: str
-    label: str
-    department: str
+    path: tuple[str, str, str]  # level 1, 2 and 3 labels
+    label: str = ""  # the leaf's label; empty: path[2]
+    department: str = Field(min_length=1)
+    time_limit_days: int = Field(ge=1, le=365)
     keywords: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _label(self) -> CategoryRule:
+        if not all(p.strip() for p in self.path):
+            raise ValueError(f"{self.code}: every level of the path needs a label")
+        if not self.label:
+            self.label = self.path[2]
+        return self
+
+    @property
+    def level1(self) -> str:
+        return self.path[0]
+
+    @property
+    def group(self) -> str:  # the review page's grouping: level 1
+        return self.path[0]
 
 
 class TaxonomyFile(_RuleFile):
+    level1: list[str] = Field(min_length=1)
     min_score: float = 2
     fallback: str
     urgent_fallback: str | None = None
+    # a chosen leaf below this combined probability is flagged `category_unsure`
+    unsure_below: float = Field(0.35, ge=0, le=1)
+    # below this, and with no keyword scoring min_score, the ticket is `fallback`
+    uncategorised_below: float = Field(0.12, ge=0, le=1)
+    # the keyword score's share of the combined probability (the rest: the model's)
+    rule_weight: float = Field(0.5, ge=0, le=1)
     categories: list[CategoryRule]
 
     @model_validator(mode="after")
     def _consistent(self) -> TaxonomyFile:
         codes = [c.code for c in self.categories]
         if len(set(codes)) != len(codes):
-            raise ValueError("category codes must be unique")
+            dup = sorted({c for c in codes if codes.count(c) > 1})
+            raise ValueError(f"category codes must be unique: {', '.join(dup)}")
+        if len(set(self.level1)) != len(self.level1):
+            raise ValueError("level-1 names must be unique")
         for code in (self.fallback, self.urgent_fallback):
             if code is not None and code not in codes:
                 raise ValueError(f"fallback category {code!r} is not defined")
+        for cat in self.categories:
+            if cat.code != self.fallback and cat.path[0] not in self.level1:
+                raise ValueError(f"{cat.code}: level 1 {cat.path[0]!r} is not in level1")
+        empty = [name for name in self.level1 if not any(c.path[0] == name for c in self.leaves)]
+        if empty:
+            raise ValueError(f"level-1 groups without a leaf: {', '.join(empty)}")
         return self
+
+    @property
+    def leaves(self) -> list[CategoryRule]:
+        """The categories a classifier may choose (all but the fallback)."""
+        return [c for c in self.categories if c.code != self.fallback]
+
+
+class CountyCategory(_RuleFile):
+    department: str | None = Field(None, min_length=1)
+    time_limit_days: int | None = Field(None, ge=1, le=365)
+    keywords: dict[str, float] = Field(default_factory=dict)  # added to (or reweighting) ours
+
+
+class CountyFile(_RuleFile):
+    """A county's own departments, time limits and keywords (MINYIN_COUNTY_FILE)."""
+
+    name: str | None = None
+    categories: dict[str, CountyCategory] = Field(default_factory=dict)
+
+
+class CountyFileError(ValueError):
+    """A county file that cannot be applied; the message names the file (and code)."""
+
+
+def apply_county(taxonomy: TaxonomyFile, path: Path) -> TaxonomyFile:
+    """The taxonomy with the county file's overrides; CountyFileError naming the file and
+    the code for an unknown code or a bad field."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as e:
+        raise CountyFileError(f"{path}: cannot read the county file: {e}") from None
+    except yaml.YAMLError as e:
+        raise CountyFileError(f"{path}: not YAML: {e}") from None
+    try:
+        county = CountyFile.model_validate(data)
+    except ValueError as e:
+        raise CountyFileError(f"{path}: {e}") from None
+    known = {c.code: c for c in taxonomy.categories}
+    unknown = [code for code in county.categories if code not in known]
+    if unknown:
+        raise CountyFileError(f"{path}: unknown category code(s): {', '.join(unknown)} "
+                              "(codes are those of pipeline/data/taxonomy.yaml)")
+    categories = []
+    for cat in taxonomy.categories:
+        change = county.categories.get(cat.code)
+        if change is not None:
+            update: dict[str, Any] = {"keywords": {**cat.keywords, **change.keywords}}
+            if change.department:
+                update["department"] = change.department
+            if change.time_limit_days:
+                update["time_limit_days"] = change.time_limit_days
+            cat = cat.model_copy(update=update)
+        categories.append(cat)
+    return taxonomy.model_copy(update={"categories": categories})
 
 
 class KindRule(_RuleFile):
@@ -248,12 +335,14 @@ class TicketRules:
         raise KeyError(code)
 
     @classmethod
-    def from_dir(cls, path: Path) -> TicketRules:
+    def from_dir(cls, path: Path, county_file: Path | None = None) -> TicketRules:
         def read(name: str) -> dict[str, Any]:
             with (path / name).open(encoding="utf-8") as fh:
                 return yaml.safe_load(fh) or {}
 
         taxonomy = TaxonomyFile.model_validate(read("taxonomy.yaml"))
+        if county_file is not None:
+            taxonomy = apply_county(taxonomy, county_file)
         rules = RulesFile.model_validate(read("ticket_rules.yaml"))
         gazetteer = Gazetteer.from_mapping(read("places.yaml"))
         return cls.compile(taxonomy, rules, gazetteer)
@@ -310,11 +399,19 @@ class TicketRules:
 
 
 @lru_cache(maxsize=8)
-def _load_rules_cached(path: str) -> TicketRules:
-    return TicketRules.from_dir(Path(path))
+def _load_rules_cached(path: str, county: str | None) -> TicketRules:
+    return TicketRules.from_dir(Path(path), Path(county) if county else None)
 
 
-def load_rules(path: str | Path | None = None) -> TicketRules:
+def load_rules(path: str | Path | None = None, *,
+               county_file: str | Path | Literal[False] | None = None) -> TicketRules:
     """Rules from a directory holding taxonomy.yaml, ticket_rules.yaml and places.yaml
-    (default: the package's own `pipeline/data`). Cached per directory."""
-    return _load_rules_cached(str(Path(path).resolve() if path else DATA_DIR))
+    (default: the package's own `pipeline/data`), with a county's overrides applied:
+    `county_file`, else the setting MINYIN_COUNTY_FILE (False: none). Cached per
+    directory and county file."""
+    if county_file is None:
+        from pipeline.config import get_settings
+
+        county_file = get_settings().county_file
+    county = str(Path(county_file).resolve()) if county_file else None
+    return _load_rules_cached(str(Path(path).resolve() if path else DATA_DIR), county)
