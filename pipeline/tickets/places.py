@@ -120,32 +120,34 @@ def _region_pieces(
         taken[s:e] = b"\x01" * (e - s)
 
     names = {**{n: n for n in region.town_of_name}, **{v: v for v in region.villages}}
+    # sound-alikes first, so that a short name right after one (黄寨镇何村) is seen
+    if region.corrector:
+        for c in region.corrector.find(text):
+            if c.name in names:
+                add(c.start, c.end, c.name)
+                heard.append(f"{c.heard}≈{c.name}")
     lengths = sorted({len(n) for n in names}, reverse=True)
     i = 0
     while i < len(text):
         for length in lengths:
             name = text[i : i + length]
-            if len(name) < length or name not in names:
+            if len(name) < length or name not in names or any(taken[i : i + length]):
                 continue
             short = name in region.short_towns
-            if (short or length < 3) and not _starts_word(rough, i, pieces):
+            before = sorted((p for p in pieces if p.end <= i), key=lambda p: p.end)
+            if (short or length < 3) and not _starts_word(rough, i, before):
                 continue
             if short and suffix.match(text, i + length):
                 continue  # 浦阳江, 黄宅中学: a river or a school named after the town
             if length < 3 and name in region.villages and not (
-                pieces and pieces[-1].end == i and pieces[-1].kind == "town"
-                and pieces[-1].name in region.villages[name]
+                before and before[-1].end == i and before[-1].kind == "town"
+                and before[-1].name in region.villages[name]
             ):
                 continue  # 中村, 四村: only right after the town that has one
             add(i, i + length, name)
             i += length - 1
             break
         i += 1
-    if region.corrector:
-        for c in region.corrector.find(text):
-            if not any(taken[c.start : c.end]) and c.name in names:
-                add(c.start, c.end, c.name)
-                heard.append(f"{c.heard}≈{c.name}")
     pieces.sort(key=lambda p: p.start)
     return pieces, heard
 
