@@ -16,7 +16,7 @@ import json
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -111,19 +111,41 @@ def _problem(e: ValidationError) -> str:
     return "; ".join(out)
 
 
+# the fields a JSONL line may carry besides "id"; others (a platform's own columns,
+# labels) are ignored. "time" is the contest files' and platforms' name for submitted_at.
+LINE_FIELDS = frozenset(TypedMessage.model_fields) | {"time"}
+CHINA_TIME = timezone(timedelta(hours=8))
+
+
 def parse_message_line(data: Any) -> tuple[str | None, TypedMessage]:
     """(id, message) from one decoded JSONL object {"id", "title", "text", ...}.
-    The id is the message's client_ref unless it brings its own. ValueError naming
-    the field otherwise."""
+
+    The id is the message's client_ref unless it brings its own; a time without a zone
+    is China time (files from the platforms say none). ValueError naming the field."""
     if not isinstance(data, dict):
         raise ValueError("a line must be a JSON object")
-    fields = dict(data)
-    raw_id = fields.pop("id", None)
+    fields = {k: v for k, v in data.items() if k in LINE_FIELDS}
+    raw_id = data.get("id")
     if raw_id is not None and not isinstance(raw_id, (str, int)):
         raise ValueError("id: must be a string or a number")
     msg_id = str(raw_id) if raw_id is not None else None
     if msg_id is not None and not fields.get("client_ref"):
         fields["client_ref"] = msg_id
+    if "time" in fields:
+        when = fields.pop("time")
+        fields.setdefault("submitted_at", when)
+    when = fields.get("submitted_at")
+    if isinstance(when, str) and when.strip():
+        try:
+            parsed = datetime.fromisoformat(when.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"submitted_at: not an ISO 8601 date-time: {when!r}") from None
+        fields["submitted_at"] = parsed if parsed.tzinfo else parsed.replace(tzinfo=CHINA_TIME)
+    elif when in ("", None):
+        fields.pop("submitted_at", None)
+    for name in ("phone", "user"):  # numbers in a spreadsheet export
+        if isinstance(fields.get(name), int):
+            fields[name] = str(fields[name])
     try:
         return msg_id, TypedMessage.model_validate(fields)
     except ValidationError as e:

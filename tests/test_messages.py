@@ -108,7 +108,8 @@ def test_accept_message_is_idempotent_per_client_ref(tmp_path: Path) -> None:
     _, theirs = accept_message(store, msg, submitter_id=key.id)
     assert theirs
     events = store.pending_outbox()
-    assert [e.event_type for e in events] == [EVENT_TICKET_CREATED] * 2
+    # the second is stored too (the same phone's same matter: a 重复件 event, not a new one)
+    assert len(events) == 2 and events[0].event_type == EVENT_TICKET_CREATED
     assert events[0].payload["id"] == first.id and events[0].payload["audio"] is None
     store.dispose()
 
@@ -204,7 +205,9 @@ def test_from_text_keeps_order_and_names_bad_lines(tmp_path: Path) -> None:
         "this is not json",
         {"id": "a4", "title": "噪音", "text": "楼下饭店半夜还在吵", "lat": 29.4},
         {"id": 5, "title": "垃圾", "text": "小区门口的垃圾好几天没人清运", "phone": "13912345678"},
-        {"id": "a6", "title": "漏水", "text": "楼上漏水", "colour": "red"},
+        {"id": "a6", "title": "漏水", "text": "楼上漏水", "label_l1": "城乡建设",
+         "time": "2020-01-06 12:09:38"},
+        {"id": "a7b", "title": "漏水", "text": "楼上漏水", "time": "yesterday"},
         {"id": "a7", "title": "井盖", "text": "门口的井盖没了很危险"},
     ]
     source = tmp_path / "in.jsonl"
@@ -213,7 +216,9 @@ def test_from_text_keeps_order_and_names_bad_lines(tmp_path: Path) -> None:
     out = run_cli("from-text", str(source), tmp=tmp_path)
     assert out.returncode == 1, out.stderr
     tickets = [json.loads(line) for line in out.stdout.splitlines()]
-    assert [t["submitter"]["client_ref"] for t in tickets] == ["a1", "5", "a7"]
+    assert [t["submitter"]["client_ref"] for t in tickets] == ["a1", "5", "a6", "a7"]
+    # other columns are ignored; a time without a zone is China time
+    assert tickets[2]["submitted_at"] == "2020-01-06T04:09:38Z"
     assert all(t["source"] == "message" and t["audio"] is None for t in tickets)
     assert tickets[1]["submitter"]["phone"] is None  # public form on stdout
     assert "13912345678" not in out.stdout
@@ -221,7 +226,7 @@ def test_from_text_keeps_order_and_names_bad_lines(tmp_path: Path) -> None:
     assert f"{source}:2: text:" in errors
     assert f"{source}:3: not JSON" in errors
     assert f"{source}:4: lon:" in errors
-    assert f"{source}:6: colour:" in errors
+    assert f"{source}:7: submitted_at: not an ISO 8601" in errors
     assert "4 line(s)" in errors
 
 
