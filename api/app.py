@@ -23,7 +23,17 @@ from api.auth import RateLimits
 from api.errors import COMMON_ERRORS, error_response
 from api.metrics import StoreCollector
 from api.middleware import PAGE_HEADERS, UPLOAD_PATH, BodyTooLarge, PageHeaders, UploadSizeLimit
-from api.routers import health, jobs, keys, messages, models, open311, tickets, voice_notes
+from api.routers import (
+    clusters,
+    health,
+    jobs,
+    keys,
+    messages,
+    models,
+    open311,
+    tickets,
+    voice_notes,
+)
 from api.routers.jobs import JobOut, job_out
 from api.routers.keys import KeyIn, KeyOut, key_out
 from api.routers.tickets import TicketList
@@ -104,6 +114,7 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
 
     # the staff review page and its API
     app.include_router(review.router)
+    app.include_router(clusters.router)
     app.mount("/review", StaticFiles(directory=STATIC_DIR / "review", html=True),
               name="review")
 

@@ -9,7 +9,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pipeline.sinks import OutboxItem, TicketEvent
-from pipeline.store import Store
+from pipeline.store import OutboxEvent, Store
+
+
+def _event(row: OutboxEvent) -> TicketEvent:
+    if row.event_type == "cluster.updated":
+        # payload: {"ticket": the anchor's document, "cluster": the cluster}
+        cluster = row.payload["cluster"]
+        return TicketEvent(event_id=f"{cluster['cluster_id']}:{row.revision}",
+                           ticket_id=row.ticket_id, revision=row.revision,
+                           type="cluster.updated", ticket=row.payload["ticket"],
+                           cluster=cluster, occurred_at=row.created_at)
+    return TicketEvent(ticket_id=row.ticket_id, revision=row.revision, type=row.event_type,
+                       ticket=row.payload, occurred_at=row.created_at)
 
 
 class StoreOutbox:
@@ -21,9 +33,7 @@ class StoreOutbox:
         return [
             OutboxItem(
                 event_id=str(row.id),
-                event=TicketEvent(ticket_id=row.ticket_id, revision=row.revision,
-                                  type=row.event_type, ticket=row.payload,
-                                  occurred_at=row.created_at),
+                event=_event(row),
                 delivered=frozenset(row.delivered_to or ()),
             )
             for row in self.store.pending_outbox(limit)

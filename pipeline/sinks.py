@@ -58,7 +58,10 @@ if TYPE_CHECKING:
     from pipeline.config import Settings
     from pipeline.ticket_schema import Ticket
 
-EventType = Literal["ticket.created", "ticket.revised"]
+# ticket.repeated: a 重复件 (its ticket's duplicate_of names the first ticket: an update
+# of that one, not a new dispatch); cluster.updated: a 一类事 formed or changed (`cluster`;
+# `ticket` is the cluster's anchor, its event_id "<cluster id>:<version>")
+EventType = Literal["ticket.created", "ticket.revised", "ticket.repeated", "cluster.updated"]
 
 
 # --- the event -----------------------------------------------------------------------
@@ -86,6 +89,7 @@ class TicketEvent(BaseModel):
     # logging an event does not leak the number
     ticket: dict[str, Any] = Field(repr=False)
     occurred_at: AwareDatetime
+    cluster: dict[str, Any] | None = Field(None, description="cluster.updated only")
 
     @model_validator(mode="before")
     @classmethod

@@ -46,7 +46,7 @@ PG_URL = os.environ.get(
 )
 T0 = datetime(2026, 11, 23, 9, 0, tzinfo=timezone.utc)
 TABLES = ("outbox", "corrections", "ticket_revisions", "segments", "tickets", "jobs", "batches",
-          "model_promotions",
+          "model_promotions", "repeat_history",
           "staff_sessions", "staff_users", "api_keys")
 
 TEXTS = {
@@ -164,7 +164,7 @@ def test_migrations_from_empty_match_the_models(empty_url: str) -> None:
             names = set(inspect(conn).get_table_names())
             assert set(TABLES) | {"alembic_version"} <= names
             version = conn.scalar(text("SELECT version_num FROM alembic_version"))
-            assert version == "0007_lm_registry"
+            assert version == "0008_repeats_clusters"
             context = MigrationContext.configure(conn, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []
             indexes = {ix["name"]: ix for ix in inspect(conn).get_indexes("jobs")}
