@@ -38,6 +38,9 @@ app.add_typer(lm_app, name="lm")
 from api.cli_tickets import tickets_app  # noqa: E402
 
 app.add_typer(tickets_app, name="tickets")
+from api.cli_clusters import clusters_command  # noqa: E402
+
+app.command("clusters")(clusters_command)
 
 err = Console(stderr=True)
 
@@ -222,6 +225,11 @@ def models_setup(force: Annotated[bool, typer.Option(help="assemble again")] = F
     settings = get_settings()
     lm = ensure_default_lm(settings.models_dir, force=force, region=settings.region)
     err.print(f"language model ready: {lm}", highlight=False)
+    from pipeline.tickets.classifier import ensure_default_classifier
+
+    # the shipped category classifier, trained on the taxonomy and its phrasings (seconds)
+    classifier = ensure_default_classifier(settings.models_dir, force=force)
+    err.print(f"category classifier ready: {classifier}", highlight=False)
 
 
 @models_app.command("list")
