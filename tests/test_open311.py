@@ -317,15 +317,18 @@ def test_the_12345_work_order(env: dict[str, Any]) -> None:
 
 
 def test_a_repeat_is_marked_in_the_work_order(env: dict[str, Any]) -> None:
-    store: Store = env["store"]
-    first = post_light(env)["service_request_id"]
-    repeat = ticket_from_message(TypedMessage(title="路灯", text="路灯还是没修，煤气味很重"))
-    repeat.duplicate_of, repeat.repeat_count = first, 1
-    store.save_message_ticket(repeat, content_sha256="0" * 64)
+    client: TestClient = env["client"]
     auth = {"Authorization": f"Bearer {env['keys']['staff']}"}
-    order = env["client"].get(f"/v1/tickets/{repeat.id}?format=12345", headers=auth).json()
-    assert order["是否重复"] == "是" and order["关联工单"] == [first]
-    assert order["紧急程度"] == ("紧急" if repeat.urgency.level == "urgent" else "一般")
+    call = {"title": "路灯坏了", "text": "浦阳街道和平路口的路灯坏了一个星期了没人修",
+            "phone": "13900000002"}
+    first = client.post("/v1/messages", json=call, headers=auth).json()["ticket_id"]
+    again = client.post("/v1/messages", json={**call, "text": "和平路口路灯还是坏的，"
+                                                      "上次打过电话了"},
+                        headers=auth).json()["ticket_id"]
+    order = client.get(f"/v1/tickets/{again}?format=12345", headers=auth).json()
+    assert order["是否重复"] == "是" and order["关联工单"][0] == first
+    first_order = client.get(f"/v1/tickets/{first}?format=12345", headers=auth).json()
+    assert first_order["是否重复"] == "否" and again in first_order["关联工单"]
 
 
 def test_an_unknown_format_is_422_naming_format(env: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ from api.deps import BlobsDep, SettingsDep, StoreDep, own_ticket, ticket_doc
 from api.errors import ApiError, ErrorBody, require_time_zones
 from pipeline.audio import AudioError, sniff_format, write_playable_wav
 from pipeline.store import Store
+from pipeline.store_clusters import get_cluster, ticket_repeats
 from pipeline.ticket_schema import Ticket
 from pipeline.tickets import load_rules
 from pipeline.tickets.exports import work_order_12345
@@ -52,11 +53,13 @@ class TicketList(BaseModel):
 
 
 def related_tickets(store: Store, ticket: Ticket) -> list[str]:
-    """Ticket ids of the same 一类事 (cluster), where the store knows them."""
-    members = getattr(store, "cluster_member_ids", None)  # the clusters part's store call
-    if ticket.cluster_id is None or members is None:
-        return []
-    return list(members(ticket.cluster_id))
+    """The ticket's 重复件 (its repeats) and the other members of its 一类事 cluster."""
+    _, repeats = ticket_repeats(store, ticket.id)
+    members: list[str] = []
+    if ticket.cluster_id is not None:
+        detail = get_cluster(store, ticket.cluster_id)
+        members = [m.ticket_id for m in detail.members] if detail is not None else []
+    return list(dict.fromkeys(repeats + members))
 
 
 @router.get("/v1/tickets", response_model=TicketList,
