@@ -65,32 +65,29 @@ def add_working_days(start: datetime, days: int) -> datetime:
     return when
 
 
-def rule_path(rule: CategoryRule) -> list[str]:
-    """The three level labels of a taxonomy leaf."""
-    path = list(getattr(rule, "path", None) or ())
-    return path or [rule.group, rule.label]
+def _leaf(ticket: Ticket, rules: TicketRules | None) -> CategoryRule | None:
+    if rules is None:
+        return None
+    try:
+        return rules.category(ticket.category.code)
+    except KeyError:  # a code the taxonomy no longer has
+        return None
 
 
 def _ticket_path(ticket: Ticket, rules: TicketRules | None) -> list[str]:
+    """The ticket's three levels; tickets stored before the taxonomy had levels take
+    them from the taxonomy."""
     if ticket.category.path:
         return list(ticket.category.path)
-    if rules is not None:
-        try:
-            return rule_path(rules.category(ticket.category.code))
-        except KeyError:
-            pass
-    return [ticket.category.label]
+    leaf = _leaf(ticket, rules)
+    return list(leaf.path) if leaf is not None else [ticket.category.label]
 
 
 def _time_limit(ticket: Ticket, rules: TicketRules | None) -> int | None:
     if ticket.category.time_limit_days is not None:
         return ticket.category.time_limit_days
-    if rules is not None:
-        try:
-            return getattr(rules.category(ticket.category.code), "time_limit_days", None)
-        except KeyError:
-            return None
-    return None
+    leaf = _leaf(ticket, rules)
+    return leaf.time_limit_days if leaf is not None else None
 
 
 def due_at(ticket: Ticket, rules: TicketRules | None = None) -> datetime | None:
@@ -108,7 +105,7 @@ def open311_status(review_status: str) -> str:
 
 
 def open311_service(rule: CategoryRule) -> dict[str, Any]:
-    path = rule_path(rule)
+    path = list(rule.path)
     keywords = list(rule.keywords)
     return {
         "service_code": rule.code,
