@@ -43,6 +43,7 @@ def main() -> int:
     parse_location(rows[0]["text"], ctx, rules)  # warm: region data, jionlp tables
     exact = dict.fromkeys(FIELDS, 0)
     said = dict.fromkeys(FIELDS, 0)
+    said_right = dict.fromkeys(FIELDS, 0)  # right where the gold names something
     empty = all_right = 0
     t0 = time.perf_counter()
     for row in rows:
@@ -54,6 +55,7 @@ def main() -> int:
             said[f] += row["gold"].get(f) is not None
             if got[f] == row["gold"].get(f):
                 exact[f] += 1
+                said_right[f] += row["gold"].get(f) is not None
             else:
                 ok = False
                 if args.show:
@@ -66,6 +68,7 @@ def main() -> int:
         "region": args.region or None,
         "exact": exact,
         "gold_non_null": said,
+        "right_where_said": said_right,
         "all_fields_right": all_right,
         "location_empty": empty,
         "gold_empty": sum(all(v is None for v in r["gold"].values()) for r in rows),

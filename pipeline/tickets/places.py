@@ -203,10 +203,13 @@ def find_places(text: str, rules: TicketRules, region: RegionIndex | None = None
         pieces.append(_Piece(m.start(), m.end(), "road", road))
         taken[m.start() : m.end()] = b"\x01" * (m.end() - m.start())
     for m in rules.head_piece.finditer(shapes_scan):
-        word = m.group()
-        if word in generic or any(taken[m.start() : m.end()]):
+        end = m.end()
+        while more := suffix.match(shapes_scan, end):  # 江滨花园 + 小区: one estate
+            end = more.end()
+        word = text[m.start() : end]
+        if word in generic or any(taken[m.start() : end]):
             continue
-        pieces.append(_Piece(m.start(), m.end(), _shape_kind(word, rules), word))
+        pieces.append(_Piece(m.start(), end, _shape_kind(word, rules), word))
     for m in rules.tail_piece.finditer(scan):
         if any(taken[m.start() : m.end()]):
             continue
