@@ -96,3 +96,10 @@ def test_summarise_directly_with_a_location() -> None:
     line = summarise("李子卖不出去了", rules, kind="求助", location=where)
     assert line == "来电人反映：郑宅镇前店村李子滞销；诉求：给予帮助。"
     assert summarise("", rules) == rules.rules.summary.empty_text
+
+
+def test_message_title_stands_in_when_no_object_is_found() -> None:
+    rules = load_rules()
+    line = summarise("开发商一直不给办房产证，多次找了也没用。", rules, kind="投诉",
+                     source="message", title="盛世花园小区房产证迟迟办不下来")
+    assert line == "网民反映：盛世花园小区房产证迟迟办不下来；诉求：尽快处理。"

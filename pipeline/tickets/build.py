@@ -267,6 +267,7 @@ def build_ticket(
         urgent=urgent,
         source=context.source,
         key_spans=urgency_found.spans,
+        title=title or None,
     )
 
     # -- review flags ------------------------------------------------------------------------

@@ -210,12 +210,14 @@ def summarise(
     urgent: bool = False,
     source: str = "voice_note",
     key_spans: Sequence[tuple[int, int]] = (),
+    title: str | None = None,
 ) -> str:
     """诉求概要 of the caller's (already masked) words; see the module notes.
 
     `category` is the chosen category (None: uncategorised), `location` the parsed
     one, `place` the spoken place (its spans mark the place in `text`), `key_spans`
-    where urgency terms were found."""
+    where urgency terms were found, `title` a typed message's (masked) subject: the
+    writer's own summary, it stands in for object and problem when they are not found."""
     spec = rules.rules.summary
     c = _compiled(rules)
     limit = spec.max_chars
@@ -243,10 +245,10 @@ def summarise(
 
     if obj and problem and obj not in problem[0]:
         core = f"{when}{obj}{problem[0]}{duration}"
-    else:  # the clause that says most stands in for object and problem
+    else:  # the title, or the clause that says most, stands in for object and problem
         spans = place.spans if place else []
         best = _best_clause(text, rules, category, kind, key_spans, spans)
-        body = best[2] if best else clean
+        body = title.strip() if title and title.strip() else best[2] if best else clean
         body = _strip_fillers(body, c)
         body = rules.filler_prefix.sub("", body) or body
         body = rules.trailing.sub("", body) or body
