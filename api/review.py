@@ -141,8 +141,10 @@ class RevisionOut(BaseModel):
 class CategoryOut(BaseModel):
     code: str
     label: str
-    group: str
+    group: str  # level 1
+    path: list[str]  # level 1, 2 and 3 labels
     department: str
+    time_limit_days: int
 
 
 class TaxonomyOut(BaseModel):
@@ -295,7 +297,8 @@ def taxonomy(_: Annotated[Caller, Depends(require("submitter"))]) -> TaxonomyOut
     rules = load_rules()
     return TaxonomyOut(kinds=list(KINDS), urgency_levels=["normal", "urgent"],
                        categories=[CategoryOut(code=c.code, label=c.label, group=c.group,
-                                               department=c.department)
+                                               path=list(c.path), department=c.department,
+                                               time_limit_days=c.time_limit_days)
                                    for c in rules.categories])
 
 

@@ -30,6 +30,7 @@ from pipeline.metrics import AUDIO_SECONDS, JOB_RUNS, PROCESSING_SECONDS, REALTI
 from pipeline.models import current_spec
 from pipeline.process import VoicePipeline, ticket_from_outcome
 from pipeline.store import Job, Store, sanitise_filename
+from pipeline.tickets.classifier import current_classifier_spec, use_classifier
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +197,7 @@ def run_job(ctx: JobContext, job_id: str, *, force: bool = False) -> JobRun:
             # the registry's current model: a promotion reaches a running worker here
             ctx.pipeline.use_model(current_spec(store, settings))
             ctx.pipeline.use_lm(current_lm_spec(store, settings))
+            use_classifier(current_classifier_spec(store, settings))
             outcome = ctx.pipeline.process(path, name=job.audio_filename or "<upload>",
                                            dialect=job.dialect, sha256=job.audio_sha256,
                                            roles={caller: "caller", 1 - caller: "agent"})

@@ -156,8 +156,11 @@ def apply_edit(ticket: Ticket, edit: TicketEdit, *, author: str, approve: bool =
                               "(GET /v1/taxonomy lists them)", "fields.category") from None
         if doc["category"]["code"] != cat.code:
             changes.append(Change("field", "category", doc["category"]["code"], cat.code))
-            doc["category"] = Category(code=cat.code, label=cat.label,
-                                       department=cat.department).model_dump(mode="json")
+            # a person chose it: no classifier confidence
+            doc["category"] = Category(code=cat.code, label=cat.label, path=list(cat.path),
+                                       department=cat.department,
+                                       time_limit_days=cat.time_limit_days,
+                                       ).model_dump(mode="json")
     if fields.urgency is not None and fields.urgency != doc["urgency"]["level"]:
         old = Urgency.model_validate(doc["urgency"])
         if fields.urgency == "urgent":

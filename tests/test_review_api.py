@@ -241,6 +241,8 @@ def test_taxonomy(env: dict[str, Any]) -> None:
     assert "投诉" in body["kinds"] and body["urgency_levels"] == ["normal", "urgent"]
     codes = {c["code"]: c for c in body["categories"]}
     assert codes["city.sanitation"]["label"] == "市容环卫"
+    assert codes["city.sanitation"]["path"] == ["城乡建设", "城市建设和市政管理", "市容环卫"]
+    assert codes["city.sanitation"]["time_limit_days"] >= 1
 
 
 # --------------------------------------------------------------------------- saving

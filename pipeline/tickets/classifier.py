@@ -211,8 +211,8 @@ class CategoryClassifier:
         self.l1_model = l1_model
         self.leaf_level1 = leaf_level1
         self.card = card
-        self._leaves = list(leaf_model.classes_)
-        self._level1 = list(l1_model.classes_)
+        self._leaves = [str(c) for c in leaf_model.classes_]
+        self._level1 = [str(c) for c in l1_model.classes_]
         self._l1_index = {name: i for i, name in enumerate(self._level1)}
 
     @property
