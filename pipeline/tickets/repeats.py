@@ -221,7 +221,9 @@ def place_relation(a: RepeatItem, b: RepeatItem) -> bool | None:
     for part in ("county", "town", "village", "road", "landmark"):
         x, y = getattr(a, part), getattr(b, part)
         if x and y:
-            if x != y:
+            # one name inside the other is the same place heard with a stray character
+            # (白马嵩溪村 / 嵩溪村, 前二村村 / 前二村); 深一村 / 深二村 are two
+            if x not in y and y not in x:
                 return False
             shared = True
     return True if shared else None
@@ -317,6 +319,7 @@ class Cluster:
     heat: float = 0.0
     description: str = ""
     categories: list[str] = field(default_factory=list)
+    spot: str | None = None  # the landmark or road of a cluster without town or village
 
     @property
     def size(self) -> int:
@@ -324,7 +327,8 @@ class Cluster:
 
     @property
     def place(self) -> str:
-        return "".join(p for p in (self.town or self.county or "", self.village or "") if p)
+        return "".join(p for p in (self.town or self.county or "", self.village or "",
+                                   "" if self.town or self.village else self.spot or "") if p)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -409,6 +413,7 @@ def make_cluster(members: Sequence[RepeatItem], rules: RepeatRules, *,
     counties = Counter(m.county for m in members if m.county)
     villages = {m.village for m in members if m.village}
     village = next(iter(villages)) if len(villages) == 1 else None
+    spots = Counter(m.landmark or m.road for m in members if m.landmark or m.road)
     last_at = members[-1].time
     urgent = sum(m.urgent for m in members)
     likes = sum(m.likes for m in members)
@@ -427,6 +432,7 @@ def make_cluster(members: Sequence[RepeatItem], rules: RepeatRules, *,
         first_at=members[0].time,
         last_at=last_at,
         categories=sorted(cats),
+        spot=min(spots, key=lambda p: (-spots[p], p)) if spots else None,
     )
     cluster.heat = heat_of(cluster.callers, cluster.repeats, urgent, likes, last_at,
                            as_of or last_at, rules)
