@@ -33,6 +33,7 @@ from pydantic import (
 from asr.types import Segment, Transcript
 from pipeline.ticket_schema import Ticket
 from pipeline.tickets.build import TicketContext, build_ticket
+from pipeline.tickets.repeats import caller_key
 from pipeline.tickets.rules import TicketRules, load_rules
 
 if TYPE_CHECKING:
@@ -238,15 +239,17 @@ def accept_message(
     (ticket, created). A client_ref this submitter already used returns the ticket it
     made then, with created False: nothing accepted is lost or doubled.
     """
-    # the repeats / 一类事 check belongs here, between building and storing, once
-    # pipeline.tickets has it: it may set duplicate_of / cluster_id on the ticket
+    # the store runs the 重复件 / 一类事 check in the same transaction (duplicate_of,
+    # cluster_id; ticket.repeated instead of ticket.created): the same caller is the
+    # same phone, else the same platform user
     if msg.client_ref is not None:
         existing = store.ticket_for_client_ref(msg.client_ref, submitter_id=submitter_id)
         if existing is not None:
             return existing, False
     ticket = ticket_from_message(msg, rules=rules, now=now, category=category)
     return store.save_message_ticket(ticket, submitter_id=submitter_id,
-                                     content_sha256=msg.content_sha256(), now=now)
+                                     content_sha256=msg.content_sha256(), now=now,
+                                     caller=caller_key(msg.phone, msg.user))
 
 
 __all__ = [
