@@ -40,7 +40,8 @@ if TYPE_CHECKING:
     from pipeline.store import Store
 
 MAX_TITLE_CHARS = 200
-MAX_TEXT_CHARS = 5000
+# a typed letter can be long: the longest of 4,326 real complaint messages had 7,000
+MAX_TEXT_CHARS = 10_000
 # what the transcript's model reference says for words nobody had to recognise
 TYPED_MODEL = "typed"
 
