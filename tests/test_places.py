@@ -126,6 +126,13 @@ def test_hard_negatives(text: str) -> None:
     assert got.road is None and got.landmark is None
 
 
+def test_name_starts_after_verbs_and_adverbs() -> None:
+    # typed text runs on: "导致" is no part of the road's name (jieba's tags say so)
+    assert loc("地铁施工导致万家丽路停电十次", region="").road == "万家丽路"
+    assert loc("解放路的井盖没了", region="").road == "解放路"  # never cut below a name
+    assert loc("建设路和胜利路交叉口堵车", region="").road == "建设路与胜利路交叉口"
+
+
 def test_road_named_after_a_city_is_a_road() -> None:
     got = loc("北京路上的井盖没了", region="")
     assert got.road == "北京路" and got.province is None

@@ -206,10 +206,11 @@ def find_places(text: str, rules: TicketRules, region: RegionIndex | None = None
         end = m.end()
         while more := suffix.match(shapes_scan, end):  # 江滨花园 + 小区: one estate
             end = more.end()
-        word = text[m.start() : end]
-        if word in generic or any(taken[m.start() : end]):
+        start = _name_start(text, m.start(), m.end(), rules)
+        word = text[start:end]
+        if word in generic or any(taken[start:end]):
             continue
-        pieces.append(_Piece(m.start(), end, _shape_kind(word, rules), word))
+        pieces.append(_Piece(start, end, _shape_kind(word, rules), word))
     for m in rules.tail_piece.finditer(scan):
         if any(taken[m.start() : m.end()]):
             continue
@@ -269,6 +270,39 @@ def find_places(text: str, rules: TicketRules, region: RegionIndex | None = None
         elif p.kind == "shape_town" and place.street is None and not (path and len(path) > 3):
             place.street = name
     return place
+
+
+# parts of speech a name does not start with (jieba's tags): verbs, adverbs,
+# conjunctions, prepositions, particles, pronouns, time words, measure words
+_NOT_NAME_START = frozenset({"v", "vd", "d", "c", "p", "u", "ud", "uj", "ul", "uz", "uv", "ug",
+                             "r", "t", "q", "y", "e", "o"})
+
+
+def _name_start(text: str, start: int, end: int, rules: TicketRules) -> int:
+    """Where a shape's name really starts: 导致万家丽路 -> 万家丽路. The boundary words
+    cut most sentences; what they miss is cut by jieba's tags, never below the
+    shortest name (解放路 stays whole)."""
+    loc = rules.rules.location
+    head = text[start:end]
+    ending = max((s for s in loc.head_suffixes if head.endswith(s)), key=len, default="")
+    name = head[: len(head) - len(ending)]
+    if len(name) <= loc.name_min:
+        return start
+    return start + _lead_to_drop(name, loc.name_min)
+
+
+@lru_cache(maxsize=4096)
+def _lead_to_drop(name: str, keep: int) -> int:
+    import jieba
+    import jieba.posseg
+
+    jieba.setLogLevel(60)  # no "Building prefix dict" chatter on stderr
+    drop = 0
+    for pair in jieba.posseg.cut(name):
+        if pair.flag not in _NOT_NAME_START or len(name) - drop - len(pair.word) < keep:
+            break
+        drop += len(pair.word)
+    return drop
 
 
 def _shape_kind(word: str, rules: TicketRules) -> str:
