@@ -137,3 +137,40 @@ def test_bad_filters_are_refused(st: Store, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="status"):
         sc.list_clusters(st, status="open")
     assert sc.get_cluster(st, "K-nothing") is None
+
+
+# --- the API ---------------------------------------------------------------------------
+
+
+def test_clusters_api(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from tests.test_review_api import NullDispatcher, make_settings
+
+    app = create_app(make_settings(tmp_path), dispatcher=NullDispatcher(), maintenance=False)
+    with TestClient(app) as client:
+        st: Store = app.state.store
+        keys = {r: st.create_api_key(f"{r}-key", r)[0] for r in ("submitter", "staff")}
+        staff = {"Authorization": f"Bearer {keys['staff']}"}
+        submitter = {"Authorization": f"Bearer {keys['submitter']}"}
+        for i in range(3):
+            r = client.post("/v1/messages", headers=submitter,
+                            json={"title": "路灯坏了", "text": f"郑宅镇的路灯坏了好几天了{i}",
+                                  "phone": f"1380000030{i}"})
+            assert r.status_code in (200, 201, 202), r.text
+        r = client.get("/v1/clusters", headers=submitter)
+        assert r.status_code == 403
+        r = client.get("/v1/clusters", headers=staff, params={"min_size": 3})
+        assert r.status_code == 200, r.text
+        [item] = r.json()["items"]
+        assert item["callers"] == 3 and item["place"]["town"] == "郑宅镇"
+        assert client.get("/v1/clusters", headers=staff, params={"limit": 0}).status_code == 422
+        assert client.get("/v1/clusters", headers=staff,
+                          params={"status": "open"}).status_code == 422
+        one = client.get(f"/v1/clusters/{item['cluster_id']}", headers=staff).json()
+        assert len(one["members"]) == 3 and one["history"][0]["action"] == "cluster.form"
+        assert client.get("/v1/clusters/K-none", headers=staff).status_code == 404
+        # the member tickets know their cluster
+        tid = one["members"][0]["ticket_id"]
+        assert st.get_ticket(tid).cluster_id == item["cluster_id"]
