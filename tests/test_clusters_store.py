@@ -174,3 +174,25 @@ def test_clusters_api(tmp_path: Path) -> None:
         # the member tickets know their cluster
         tid = one["members"][0]["ticket_id"]
         assert st.get_ticket(tid).cluster_id == item["cluster_id"]
+
+
+# --- the voice path: Store.finish_job -------------------------------------------------
+
+
+def test_voice_notes_of_one_caller_repeat_through_finish_job(st: Store) -> None:
+    from tests.test_store import make_ticket, sha
+
+    rows = []
+    for n in range(2):
+        job, _ = st.create_job(audio_sha256=sha(100 + n), client_ref=f"voice-{n}")
+        assert st.claim_job(job.id) is not None
+        rows.append(st.finish_job(job.id, make_ticket(job, "light")))  # same phone, same words
+    first, again = (r.ticket for r in rows)
+    assert first.duplicate_of is None
+    assert again.duplicate_of == first.id and again.repeat_count == 1
+    assert st.get_ticket(first.id).repeat_count == 1
+    assert [e.event_type for e in events(st) if e.ticket_id == again.id] == ["ticket.repeated"]
+    # a retried task finishes again: nothing new, no second repeat
+    assert st.finish_job(rows[1].job_id, make_ticket(st.get_job(rows[1].job_id), "light")).id \
+        == again.id
+    assert sc.ticket_repeats(st, first.id)[1] == [again.id]

@@ -246,9 +246,9 @@ def same_matter(a: RepeatItem, b: RepeatItem, rules: RepeatRules, *,
 
 
 def in_repeat_window(first: RepeatItem, new: RepeatItem, rules: RepeatRules) -> bool:
-    if new.order <= first.order:
-        return False
-    if new.time - first.time <= timedelta(days=rules.duplicate_window_days):
+    # no order check: the store's first is whatever came in first, even when a
+    # recording reaches it after a later one (batches replay old calls)
+    if abs(new.time - first.time) <= timedelta(days=rules.duplicate_window_days):
         return True
     return rules.duplicate_while_open and first.open
 
