@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,6 +23,8 @@ from pipeline.messages import TypedMessage, accept_message, read_message_lines, 
 from pipeline.store import EVENT_TICKET_CREATED, Store
 from pipeline.tickets.build import TicketContext
 from tests.test_review_api import NullDispatcher, make_settings
+from tests.test_store import backend  # noqa: F401 - fixture: SQLite, PostgreSQL
+from tests.test_store import store as _store  # noqa: F401 - fixture: a fresh store on it
 
 ROOT = Path(__file__).resolve().parents[1]
 LIGHT = {"title": "路灯坏了", "text": "浦阳街道和平路口的路灯坏了一个星期了，晚上走路看不见，"
@@ -112,6 +115,34 @@ def test_accept_message_is_idempotent_per_client_ref(tmp_path: Path) -> None:
     assert len(events) == 2 and events[0].event_type == EVENT_TICKET_CREATED
     assert events[0].payload["id"] == first.id and events[0].payload["audio"] is None
     store.dispose()
+
+
+@pytest.fixture()
+def db(_store: Store) -> Store:  # noqa: F811 - the imported fixture, by name
+    """A fresh store on SQLite, then on PostgreSQL (tests/test_store.py's back ends)."""
+    return _store
+
+
+def test_a_client_ref_race_stores_one_ticket(db: Store) -> None:
+    store = db
+    msg = TypedMessage(**LIGHT, client_ref="double-tap")
+    barrier = threading.Barrier(6)
+    results: list[tuple[str, bool]] = []
+
+    def send() -> None:
+        barrier.wait()
+        ticket, created = accept_message(store, msg)
+        results.append((ticket.id, created))
+
+    threads = [threading.Thread(target=send) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(results) == 6 and len({i for i, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+    assert store.list_tickets(source="message").total == 1
+    assert len(store.pending_outbox()) == 1
 
 
 # --------------------------------------------------------------------------- API
