@@ -368,17 +368,58 @@ def matter_key(item: RepeatItem, rules: RepeatRules) -> str | None:
     return f"obj:{home}" if home else f"cat:{item.category}"
 
 
+MIN_AREA_CHARS = 3
+
+
+def village_towns(items: Iterable[RepeatItem]) -> dict[tuple[str | None, str], str]:
+    """(county, village) -> the town most tickets name with that village (ties: the
+    smaller name): a ticket that names only its village still clusters in its town."""
+    seen: dict[tuple[str | None, str], Counter[str]] = defaultdict(Counter)
+    for item in items:
+        if item.town and item.village:
+            seen[(item.county, item.village)][item.town] += 1
+    return {k: min(c, key=lambda t: (-c[t], t)) for k, c in seen.items()}
+
+
+def canonical_areas(areas: Iterable[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, str]]:
+    """Each area -> the shortest area of the same county and kind whose name it holds
+    (伊景园滨河苑 and A市伊景园滨河苑 -> 滨河苑 when all three occur; 人管郑宅镇 -> 郑宅镇),
+    names of at least MIN_AREA_CHARS characters; 深一村 and 深二村 stay two. The parser
+    leaves stray characters at a name's edges; this undoes that without a gazetteer."""
+    by_kind: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for county, area in set(areas):
+        kind, _, name = area.partition(":")
+        by_kind[(county, kind)].add(name)
+    out: dict[tuple[str, str], tuple[str, str]] = {}
+    for (county, kind), names in by_kind.items():
+        ordered = sorted(names, key=lambda n: (len(n), n))
+        for name in ordered:
+            home = next((short for short in ordered
+                         if len(short) >= MIN_AREA_CHARS and len(short) < len(name)
+                         and short in name), name)
+            out[(county, f"{kind}:{name}")] = (county, f"{kind}:{home}")
+    return out
+
+
 def group_candidates(items: Sequence[RepeatItem], rules: RepeatRules) -> list[list[RepeatItem]]:
     """Groups of tickets in one area with one matter key, each ticket within the
     window of its group's latest one; before the caller count decides which are
     clusters. A 红绿灯 complaint the classifier called a street light still joins the
     红绿灯 group: the object it names comes first."""
     window = timedelta(days=rules.cluster_window_days)
-    blocks: dict[tuple[str, str, str], list[RepeatItem]] = defaultdict(list)
+    keyed: list[tuple[tuple[str, str], str, RepeatItem]] = []
+    towns = village_towns(items)
     for item in items:
+        if not item.town and item.village and (item.county, item.village) in towns:
+            # the village lies in the town other tickets name with it
+            item = replace(item, town=towns[(item.county, item.village)])
         area, key = _area(item, rules), matter_key(item, rules)
         if area is not None and key is not None:
-            blocks[(*area, key)].append(item)
+            keyed.append((area, key, item))
+    canonical = canonical_areas(area for area, _, _ in keyed)
+    blocks: dict[tuple[str, str, str], list[RepeatItem]] = defaultdict(list)
+    for area, key, item in keyed:
+        blocks[(*canonical[area], key)].append(item)
     groups: list[list[RepeatItem]] = []
     for block in sorted(blocks):
         current: list[RepeatItem] = []
