@@ -233,8 +233,11 @@ def _block(s: Session, item: RepeatItem, rules: RepeatRules) -> list[TicketMatte
     if area is None or matter is None:
         return []
     window = timedelta(days=rules.cluster_window_days)
+    # the whole county's tickets of this matter: group_candidates joins areas whose names
+    # hold one another and villages to their towns, as `minyin clusters` does
     return list(s.scalars(select(TicketMatter).where(
-        TicketMatter.area == area, TicketMatter.matter == matter,
+        TicketMatter.area.startswith(f"{item.county or ''}|", autoescape=True),
+        TicketMatter.matter == matter,
         TicketMatter.at >= item.time - window * 2, TicketMatter.at <= item.time + window)))
 
 

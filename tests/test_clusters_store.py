@@ -196,3 +196,34 @@ def test_voice_notes_of_one_caller_repeat_through_finish_job(st: Store) -> None:
     assert st.finish_job(rows[1].job_id, make_ticket(st.get_job(rows[1].job_id), "light")).id \
         == again.id
     assert sc.ticket_repeats(st, first.id)[1] == [again.id]
+
+
+def test_the_live_path_finds_what_minyin_clusters_finds(st: Store) -> None:
+    """The gold fixture through the store, one message at a time in time order, gives
+    the same repeats and clusters as the batch over all of it."""
+    import json
+
+    from pipeline.clusters import analyse, build_items, record_from_dict
+    from tests.test_repeats import GOLD, RULES
+
+    rows = [json.loads(line) for line in GOLD.read_text(encoding="utf-8").splitlines()]
+    records = [record_from_dict({k: v for k, v in r.items() if k != "gold"}, f"gold:{n}")
+               for n, r in enumerate(rows, 1)]
+    records.sort(key=lambda r: (r.time, r.id))
+    clusters, repeats = analyse([i for i, _ in build_items(records)], RULES)
+    by_ticket: dict[str, str] = {}
+    for rec in records:
+        ticket = ticket_from_message(rec.message, now=rec.time)
+        saved, _ = st.save_message_ticket(ticket, content_sha256=rec.message.content_sha256(),
+                                          caller=rec.caller, now=rec.time)
+        by_ticket[saved.id] = rec.id
+    live_repeats = {}
+    with st.session() as s:
+        for m in s.query(sc.TicketMatter):
+            if m.duplicate_of:
+                live_repeats[by_ticket[m.ticket_id]] = by_ticket[m.duplicate_of]
+    assert live_repeats == {k: v.first for k, v in repeats.items()}
+    live = sc.list_clusters(st, limit=500).items
+    live_sets = sorted(sorted(by_ticket[m.ticket_id] for m in sc.get_cluster(st, c.id).members)
+                       for c in live)
+    assert live_sets == sorted(sorted(c.members) for c in clusters)
