@@ -5,11 +5,13 @@ matter: the same leaf category (or a shared problem object), a compatible place 
 similar words, within `duplicate_window_days` of the first ticket or while the first
 is still open. The repeat points at the *first* ticket (never at another repeat).
 
-一类事: tickets of at least `cluster_min_callers` distinct callers, in the same
-county and town (the village when no town is known), with the same leaf category or
-the same problem object (路灯), each within `cluster_window_days` of the cluster's
-latest member. Blocking by (county, town) and then by matter keys keeps it linear
-(10,000 tickets in well under a second), and it never joins two counties.
+一类事: tickets of at least `cluster_min_callers` distinct callers in one county and
+area (the first of `cluster_areas` a ticket has: town, else village, landmark, road;
+names that hold a shorter one are that one), about one matter (the one object a ticket
+names, else its leaf category; an object's home category counts as the object), each
+within `cluster_window_days` of the group's latest ticket. Blocking by (county, area,
+matter) keeps it linear (10,000 tickets in well under a second) and never joins two
+counties or two matters.
 
 Determinism: everything is decided over the tickets sorted by (time, id), so any
 input order gives the same clusters; a cluster's id comes from its earliest member.
