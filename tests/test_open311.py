@@ -20,8 +20,14 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from pipeline.messages import TypedMessage, accept_message, ticket_from_message
 from pipeline.store import Store
+from pipeline.ticket_schema import Ticket
 from pipeline.tickets import load_rules
-from pipeline.tickets.exports import add_working_days, china_time, open311_request
+from pipeline.tickets.exports import (
+    add_working_days,
+    china_time,
+    open311_request,
+    work_order_12345,
+)
 from tests.test_review_api import NullDispatcher, make_settings
 
 # GET services.json / .xml
@@ -342,8 +348,11 @@ def test_an_unknown_format_is_422_naming_format(env: dict[str, Any]) -> None:
 def test_openapi_documents_both_forms(env: dict[str, Any]) -> None:
     doc = env["client"].get("/openapi.json").json()
     get = doc["paths"]["/v1/tickets/{ticket_id}"]["get"]
-    example = get["responses"]["200"]["content"]["application/json"]["examples"]["12345"]
-    assert list(example["value"]) == WORK_ORDER_FIELDS
+    examples = get["responses"]["200"]["content"]["application/json"]["examples"]
+    assert list(examples["12345"]["value"]) == WORK_ORDER_FIELDS
+    # the examples are what the code gives for that ticket today
+    ticket = Ticket.model_validate(examples["json"]["value"])
+    assert work_order_12345(ticket, rules=load_rules()) == examples["12345"]["value"]
     assert any(p["name"] == "format" for p in get["parameters"])
     assert {"/open311/v2/services.{fmt}", "/open311/v2/requests.{fmt}",
             "/open311/v2/requests/{service_request_id}.{fmt}"} <= set(doc["paths"])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
@@ -27,21 +29,12 @@ _MIME = {"wav": "audio/wav", "mp3": "audio/mpeg", "mp4": "audio/mp4", "3gp": "au
          "aac": "audio/aac", "silk": "audio/silk", "caf": "audio/x-caf",
          "aiff": "audio/aiff", "mkv": "audio/x-matroska", "asf": "audio/x-ms-wma"}
 
-WORK_ORDER_EXAMPLE = {
-    "工单编号": "T20261123-070000-1a2b3c4d",
-    "来电时间": "2026-11-23T15:00:00+08:00",
-    "来源渠道": "语音留言",
-    "诉求类型": "投诉",
-    "事项分类": "城乡建设/市政设施/路灯照明",
-    "诉求内容": "浦阳街道和平路口的路灯坏了一个星期了晚上走路看不见",
-    "诉求概要": "来电人反映：浦阳街道和平路口路灯损坏一周，夜间出行不便；诉求：尽快维修。",
-    "事发地址": "浙江省金华市浦江县浦阳街道和平路口",
-    "承办单位": "综合行政执法局（市政设施）",
-    "办理时限": {"工作日": 5, "截止日期": "2026-11-30"},
-    "紧急程度": "一般",
-    "是否重复": "否",
-    "关联工单": [],
-}
+# what GET /v1/tickets/{id} gives, both forms, for the OpenAPI document (a submitter's
+# view of a typed message; tests/test_open311.py validates them against the code)
+_EXAMPLES = Path(__file__).resolve().parents[1] / "data"
+TICKET_EXAMPLE = json.loads((_EXAMPLES / "ticket_example.json").read_text(encoding="utf-8"))
+WORK_ORDER_EXAMPLE = json.loads((_EXAMPLES / "work_order_example.json").read_text(
+    encoding="utf-8"))
 
 
 class TicketList(BaseModel):
@@ -90,9 +83,14 @@ def list_tickets(
 @router.get(
     "/v1/tickets/{ticket_id}", summary="One ticket: the ticket JSON, or a 12345 work order",
     responses={
-        200: {"description": "format=json: the ticket document (staff see the phone, a "
-                             "submitter the masked number); format=12345: the work order",
+        200: {"model": Ticket,
+              "description": "format=json: the ticket document (staff see the phone, a "
+                             "submitter the masked number); format=12345: the work order "
+                             "(工单编号, 来电时间, 来源渠道, 诉求类型, 事项分类, 诉求内容, "
+                             "诉求概要, 事发地址, 承办单位, 办理时限, 紧急程度, 是否重复, "
+                             "关联工单)",
               "content": {"application/json": {"examples": {
+                  "json": {"summary": "format=json (default)", "value": TICKET_EXAMPLE},
                   "12345": {"summary": "format=12345", "value": WORK_ORDER_EXAMPLE}}}}},
         404: {"model": ErrorBody},
         422: {"model": ErrorBody, "description": "an unknown format"}},
