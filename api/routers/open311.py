@@ -233,7 +233,7 @@ def _problem(e: ValidationError, names: Mapping[str, str] | None = None) -> str:
     return f"{field}: {msg}" if field else msg
 
 
-def _flatten(items: list[tuple[str, Any]]) -> dict[str, Any]:
+def _flatten(items: Sequence[tuple[str, Any]]) -> dict[str, Any]:
     """Form fields -> arguments; attribute[CODE] (and attribute[CODE][]) into one dict."""
     out: dict[str, Any] = {}
     attributes: dict[str, Any] = {}
@@ -244,7 +244,7 @@ def _flatten(items: list[tuple[str, Any]]) -> dict[str, Any]:
                 attributes.setdefault(m.group(1), []).append(value)
             else:
                 attributes[m.group(1)] = value
-        elif isinstance(value, str):
+        else:
             out[key] = value
     if attributes:
         out["attribute"] = attributes
@@ -260,12 +260,10 @@ async def _arguments(request: Request, fmt: Format) -> dict[str, Any]:
             raise Open311Error(400, f"the body is not JSON: {e}", fmt) from None
         if not isinstance(data, dict):
             raise Open311Error(400, "the JSON body must be an object", fmt)
+        # the same flat names as the form ("attribute[CODE]"), or "attribute": {...}
         flat = _flatten([(k, v) for k, v in data.items() if k != "attribute"])
         if isinstance(data.get("attribute"), dict):
             flat["attribute"] = {**flat.get("attribute", {}), **data["attribute"]}
-        for k, v in data.items():  # numbers stay numbers
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                flat[k] = v
         return flat
     if kind in ("application/x-www-form-urlencoded", "multipart/form-data", ""):
         form = await request.form()
@@ -282,9 +280,8 @@ async def _arguments(request: Request, fmt: Format) -> dict[str, Any]:
 async def post_request(request: Request, fmt: str) -> Response:
     f = _format(fmt)
     args = await _arguments(request, f)
-    caller = _caller(request, f, form_key=str(args.pop("api_key", "") or "") or None)
-    if not caller.at_least("submitter"):  # pragma: no cover - every role may submit
-        raise Open311Error(403, "this key may not submit", f)
+    form_key = args.pop("api_key", None)
+    caller = _caller(request, f, form_key=form_key if isinstance(form_key, str) else None)
     try:
         body = Open311RequestIn.model_validate(args)
     except ValidationError as e:
