@@ -14,7 +14,9 @@ One module per concern, in the order the builder uses them:
 - `urgency`: negation-aware safety rules;
 - `gazetteer`, `places`: where it happened, from the words and the typed address;
 - `summary`: 诉求概要;
-- `build`: the caller's words (stereo calls: `caller_channel`), review flags, the ticket.
+- `build`: the caller's words (stereo calls: `caller_channel`), review flags, the ticket;
+- `repeats`: 重复件 and 一类事 over built tickets (the store runs it when saving:
+  `pipeline.store_clusters`; `minyin clusters`: `pipeline.clusters`).
 
 Extraction routes and flags; a person reviews whatever it is unsure of.
 """
