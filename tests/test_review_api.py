@@ -21,6 +21,7 @@ from api.auth import hash_password
 from pipeline.blobs import BlobStore
 from pipeline.config import Settings
 from pipeline.store import EVENT_TICKET_REVISED, OutboxEvent, Store, utcnow
+from pipeline.tickets import load_rules
 from tests.review_seed import T0, seed_ticket
 
 PASSWORD = "correct horse battery"
@@ -273,8 +274,12 @@ def test_save_makes_a_revision_with_per_segment_corrections(env: dict[str, Any])
     assert "corrected" in segs[1]["flags"] and "corrected" not in segs[0]["flags"]
     assert "13812345678" not in segs[2]["text"] and "138****5678" in segs[2]["text"]
     assert doc["transcript"]["text"] == "".join(s["text"] for s in segs)
-    assert doc["category"] == {"code": "road.facilities", "label": "道路与井盖设施",
-                               "department": doc["category"]["department"]}
+    # a staff choice carries the taxonomy's label, levels, department and time limit,
+    # and no model confidence
+    leaf = load_rules().category("road.facilities")
+    assert doc["category"] == {"code": "road.facilities", "label": leaf.label,
+                               "path": list(leaf.path), "department": leaf.department,
+                               "time_limit_days": leaf.time_limit_days, "confidence": None}
     assert doc["urgency"]["level"] == "urgent" and "staff" in doc["urgency"]["rules"]
     assert doc["location"]["text"] == "和平路32号门口"
     assert doc["location"]["district"] == "浦江县"
@@ -416,7 +421,9 @@ def test_racing_saves_one_wins(env: dict[str, Any]) -> None:
 
 def test_approve_publishes_the_revised_ticket(env: dict[str, Any]) -> None:
     client, keys, store = env["client"], env["keys"], env["store"]
-    ticket = fresh(env, n=800)
+    # its own caller: the module's other 和平路 notes share the seed's phone, and a repeat
+    # of one of them would be published as ticket.repeated
+    ticket = fresh(env, n=800, phone="13900000800")
     saved = client.patch(f"/v1/tickets/{ticket}",
                          json={"revision": 1, "segments": [{"index": 0,
                                                             "text": "我要反映和平路的路灯"}]},
