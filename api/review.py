@@ -30,6 +30,7 @@ from api.auth import (
     verify_password,
 )
 from api.errors import ApiError, ErrorBody, require_time_zones
+from pipeline import store_clusters as sc
 from pipeline.config import Settings
 from pipeline.review import ReviewError, TicketEdit, apply_edit, char_diff
 from pipeline.store import (
@@ -85,7 +86,7 @@ class QueueItem(BaseModel):
     urgency: str
     confidence: float | None
     low_confidence_segments: int
-    duration_s: float
+    duration_s: float | None = Field(description="null for a typed message")
     summary: str
     status: str
     revision: int
@@ -113,7 +114,14 @@ class ReviewView(BaseModel):
     reviewed_by: str | None
     reviewed_at: datetime | None
     low_confidence_below: float = Field(description="segments under this are marked")
-    audio_url: str = Field(description="a browser-playable WAV of the recording")
+    audio_url: str | None = Field(description="a browser-playable WAV of the recording "
+                                              "(null for a typed message)")
+    repeats: dict[str, Any] | None = Field(None, description=(
+        "重复件 and 一类事: `duplicate_of` (the first ticket, or null), `repeat_count`, "
+        "`repeats` (tickets that repeat this one), `cluster` (id, status, size, callers, "
+        "heat, description, place, members; or null), `history` (links, unlinks, merges "
+        "and splits, newest first: who, when, what); null for a ticket stored before "
+        "repeats were matched"))
     changed: bool | None = Field(None, description="on a save: whether anything changed "
                                                    "(nothing changed: no new revision)")
     published_revision: int | None = Field(None, description="on approval: the revision "
@@ -164,13 +172,18 @@ def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def view(row: TicketRow, settings: Settings, **extra: Any) -> ReviewView:
+def view(row: TicketRow, settings: Settings, store: Store | None = None,
+         **extra: Any) -> ReviewView:
+    # the page needs one call: the repeats panel comes along when the store is given
+    repeats = sc.repeat_panel(store, row.id) if store is not None else None
+    audio = row.document.get("audio")
     return ReviewView(
         ticket=row.document, revision=row.revision, status=row.status,  # type: ignore[arg-type]
         confidence=row.confidence, updated_at=row.updated_at, updated_by=row.updated_by,
         reviewed_by=row.reviewed_by, reviewed_at=row.reviewed_at,
         low_confidence_below=settings.review_confidence_below,
-        audio_url=f"/v1/tickets/{row.id}/audio?format=wav", **extra)
+        audio_url=f"/v1/tickets/{row.id}/audio?format=wav" if audio else None,
+        repeats=repeats, **extra)
 
 
 def _conflict(e: RevisionConflict) -> ApiError:
@@ -310,7 +323,7 @@ def review_queue(
     status: Literal["waiting", "new", "in_review", "reviewed", "all"] = "waiting",
     category: Annotated[str | None, Query(max_length=64, description="code or prefix")] = None,
     urgency: Literal["normal", "urgent"] | None = None,
-    source: Literal["voice_note", "hotline"] | None = None,
+    source: Literal["voice_note", "hotline", "message"] | None = None,
     created_from: datetime | None = None,
     created_to: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 25,
@@ -333,7 +346,7 @@ def review_queue(
             low_confidence_segments=sum(
                 1 for s in segments
                 if s["confidence"] < settings.review_confidence_below and s["text"]),
-            duration_s=doc["audio"]["duration_s"], summary=doc["summary"],
+            duration_s=(doc.get("audio") or {}).get("duration_s"), summary=doc["summary"],
             status=row.status, revision=row.revision, updated_by=row.updated_by,
             review_flags=doc["review"]["flags"]))
     return QueueOut(items=items, total=page.total, counts=counts, limit=page.limit,
@@ -351,7 +364,7 @@ def review_ticket(request: Request, ticket_id: str,
     row = _store(request).get_ticket_row(ticket_id)
     if row is None:
         raise ApiError(404, "not_found", f"no ticket {ticket_id}")
-    return view(row, _settings(request))
+    return view(row, _settings(request), _store(request))
 
 
 _WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -370,7 +383,8 @@ def save_ticket(request: Request, ticket_id: str, body: TicketEdit,
     """Segment texts and ticket fields; `revision` is the one the reviewer started
     from. A save that changes nothing makes no revision (`changed: false`)."""
     revised = _revise(request, ticket_id, body, caller, "save")
-    return view(revised.row, _settings(request), changed=revised.revision is not None)
+    return view(revised.row, _settings(request), _store(request),
+                changed=revised.revision is not None)
 
 
 @router.post("/v1/tickets/{ticket_id}/approve", tags=["review"], response_model=ReviewView,
@@ -381,7 +395,8 @@ def approve_ticket(request: Request, ticket_id: str, body: TicketEdit,
     """Marks the ticket reviewed and puts it on the complaint queue as
     ``ticket.revised`` with its new revision (same ticket id)."""
     revised = _revise(request, ticket_id, body, caller, "approve")
-    return view(revised.row, _settings(request), changed=bool(revised.changes),
+    return view(revised.row, _settings(request), _store(request),
+                changed=bool(revised.changes),
                 published_revision=revised.row.revision)
 
 
@@ -404,3 +419,66 @@ def ticket_revisions(request: Request, ticket_id: str,
                      for c in entry.corrections])
         for entry in store.ticket_history(ticket_id)
     ]
+
+
+# --------------------------------------------------------------------------- 重复件
+
+
+class DuplicateOf(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    first: str = Field(min_length=1, max_length=32, description="the first ticket's id: "
+                                                                "the one this ticket repeats")
+
+
+def repeat_error(e: sc.RepeatEditError) -> ApiError:
+    """The store refused a staff change of repeats or clusters: 409 when the current
+    state forbids it, 422 when the request is wrong; the field is named either way."""
+    status, code = (409, "conflict") if e.conflict else (422, "invalid_request")
+    return ApiError(status, code, str(e), details=[{"field": e.field, "problem": str(e)}])
+
+
+_REPEAT_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "no such ticket"},
+    409: {"model": ErrorBody, "description": "conflict: the first ticket is itself a repeat, "
+                                             "this one repeats another or has repeats of "
+                                             "its own, or it is not a repeat"},
+    422: {"model": ErrorBody, "description": "invalid_request (a ticket repeating itself)"},
+}
+
+
+def _repeat_view(request: Request, ticket_id: str) -> ReviewView:
+    row = _store(request).get_ticket_row(ticket_id)
+    if row is None:
+        raise ApiError(404, "not_found", f"no ticket {ticket_id}")
+    return view(row, _settings(request), _store(request))
+
+
+@router.put("/v1/tickets/{ticket_id}/duplicate-of", tags=["review"],
+            response_model=ReviewView, responses=_REPEAT_ERRORS,
+            summary="Mark the ticket as a repeat (重复件) of another (kept in the history)")
+def mark_duplicate(request: Request, ticket_id: str, body: DuplicateOf,
+                   caller: Annotated[Caller, Depends(staff)]) -> ReviewView:
+    """The first ticket's `repeat_count` and this ticket's `duplicate_of` change in their
+    documents (no new revision); marking it again as the same is a no-op."""
+    try:
+        sc.link_duplicate(_store(request), ticket_id, body.first, author=caller.author)
+    except LookupError as e:
+        raise ApiError(404, "not_found", str(e)) from None
+    except sc.RepeatEditError as e:
+        raise repeat_error(e) from None
+    return _repeat_view(request, ticket_id)
+
+
+@router.delete("/v1/tickets/{ticket_id}/duplicate-of", tags=["review"],
+               response_model=ReviewView, responses=_REPEAT_ERRORS,
+               summary="The ticket is not a repeat after all (kept in the history)")
+def unmark_duplicate(request: Request, ticket_id: str,
+                     caller: Annotated[Caller, Depends(staff)]) -> ReviewView:
+    try:
+        sc.unlink_duplicate(_store(request), ticket_id, author=caller.author)
+    except LookupError as e:
+        raise ApiError(404, "not_found", str(e)) from None
+    except sc.RepeatEditError as e:
+        raise repeat_error(e) from None
+    return _repeat_view(request, ticket_id)

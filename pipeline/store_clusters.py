@@ -25,7 +25,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, func, select
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    func,
+    or_,
+    select,
+)
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from pipeline.store import (
@@ -143,7 +155,7 @@ class RepeatHistory(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     # duplicate.link / duplicate.unlink / cluster.form / cluster.grow / cluster.merge /
-    # cluster.split
+    # cluster.split / cluster.leave (one per ticket a split took out: its own page shows it)
     action: Mapped[str] = mapped_column(String(32))
     author: Mapped[str] = mapped_column(String(200))
     cluster_id: Mapped[str | None] = mapped_column(String(64))
@@ -290,8 +302,10 @@ def after_save(s: Session, prepared: Prepared, *, now: datetime) -> None:
 
 
 def _assign(s: Session, cluster_id: str, ticket_ids: list[str], now: datetime, *,
-            author: str, anchor: str, pinned: bool = False, action: str | None = None) -> None:
-    """Put tickets in a cluster (creating it), recount it, and publish the change."""
+            author: str, anchor: str, pinned: bool = False, action: str | None = None,
+            first_version: int = 0) -> None:
+    """Put tickets in a cluster (creating it, its versions counted from `first_version`),
+    recount it, and publish the change."""
     cluster = s.get(ClusterRow, cluster_id)
     added = []
     for tid in ticket_ids:
@@ -304,7 +318,8 @@ def _assign(s: Session, cluster_id: str, ticket_ids: list[str], now: datetime, *
             cluster = ClusterRow(id=cluster_id, status="active", anchor_ticket_id=anchor,
                                  category="", label="", size=0, callers=0, repeats=0,
                                  urgent=0, heat=0.0, description="", first_at=m.at,
-                                 last_at=m.at, version=0, created_at=now, updated_at=now)
+                                 last_at=m.at, version=first_version, created_at=now,
+                                 updated_at=now)
             s.add(cluster)
             s.flush()
         m.cluster_id, m.cluster_pinned = cluster_id, m.cluster_pinned or pinned
@@ -356,6 +371,15 @@ def _history(s: Session, action: str, author: str, now: datetime, *,
 # --------------------------------------------------------------------------------------
 # What the review page and the API read and change
 # --------------------------------------------------------------------------------------
+
+
+class RepeatEditError(ValueError):
+    """A staff change the store refuses: `field` names what is wrong; `conflict` says the
+    current state forbids it (HTTP 409) rather than the request itself (422)."""
+
+    def __init__(self, message: str, *, field: str, conflict: bool = True) -> None:
+        super().__init__(message)
+        self.field, self.conflict = field, conflict
 
 
 @dataclass
@@ -426,12 +450,18 @@ def merge_clusters(store: Store, target: str, sources: list[str], *, author: str
         into = s.get(ClusterRow, target)
         if into is None:
             raise LookupError(f"no cluster {target}")
-        for source in sources:
+        if into.status != "active":
+            raise RepeatEditError(f"cluster {target} is {into.status}"
+                                  + (f" into {into.merged_into}" if into.merged_into else ""),
+                                  field="cluster_id")
+        for n, source in enumerate(sources):
             if source == target:
                 continue
             src = s.get(ClusterRow, source)
             if src is None:
                 raise LookupError(f"no cluster {source}")
+            if src.status != "active":
+                raise RepeatEditError(f"cluster {source} is {src.status}", field=f"clusters.{n}")
             ids = list(s.scalars(select(TicketMatter.ticket_id)
                                  .where(TicketMatter.cluster_id == source)))
             _assign(s, target, ids, now, author=author, anchor=into.anchor_ticket_id,
@@ -443,18 +473,23 @@ def merge_clusters(store: Store, target: str, sources: list[str], *, author: str
 
 
 def split_cluster(store: Store, cluster_id: str, ticket_ids: list[str], *, author: str,
-                  now: datetime | None = None) -> str | None:
+                  now: datetime | None = None, form_new: bool = True) -> str | None:
     """Staff: take these tickets out of the cluster. Three callers or more among them
-    make a new cluster (its id from its earliest member, returned); fewer stay out.
-    Either way they are pinned: the pipeline does not put them back."""
+    make a new cluster (its id from its earliest member, returned) unless `form_new` is
+    false; fewer stay out. Either way they are pinned: the pipeline does not put them
+    back."""
     now = now or utcnow()
     with store.session() as s:
         cluster = s.get(ClusterRow, cluster_id)
         if cluster is None:
             raise LookupError(f"no cluster {cluster_id}")
         moved = [s.get(TicketMatter, t) for t in ticket_ids]
-        if any(m is None or m.cluster_id != cluster_id for m in moved):
-            raise ValueError(f"every ticket must be a member of {cluster_id}")
+        for n, m in enumerate(moved):
+            if m is None:
+                raise LookupError(f"no ticket {ticket_ids[n]}")
+            if m.cluster_id != cluster_id:
+                raise RepeatEditError(f"every ticket must be a member of {cluster_id}; "
+                                      f"{ticket_ids[n]} is not", field=f"tickets.{n}")
         for m in moved:
             assert m is not None
             m.cluster_id, m.cluster_pinned = None, True
@@ -464,11 +499,24 @@ def split_cluster(store: Store, cluster_id: str, ticket_ids: list[str], *, autho
         _history(s, "cluster.split", author, now, cluster_id=cluster_id,
                  detail={"tickets": sorted(ticket_ids)})
         items = sorted((m.item() for m in moved if m is not None), key=lambda i: i.order)
-        if len({i.caller or i.id for i in items}) < _rules().cluster_min_callers:
-            return None
-        new_id = cluster_id_for(items[0].id)
-        _assign(s, new_id, [i.id for i in items], now, author=author, anchor=items[0].id,
-                pinned=True, action="cluster.split")
+        new_id: str | None = None
+        if form_new and len({i.caller or i.id for i in items}) >= _rules().cluster_min_callers:
+            # the earliest member's id may name a cluster already (the one being split,
+            # or one merged or dissolved earlier): a new cluster gets a new id
+            base = new_id = cluster_id_for(items[0].id)
+            n = 2
+            while s.get(ClusterRow, new_id) is not None:
+                new_id, n = f"{base}-{n}", n + 1
+            # its events go out under the same anchor ticket: their revisions go on from
+            # those of the anchor's earlier cluster (the outbox key is ticket, revision, type)
+            last = s.scalar(select(func.max(OutboxEvent.revision)).where(
+                OutboxEvent.ticket_id == items[0].id,
+                OutboxEvent.event_type == EVENT_CLUSTER_UPDATED)) or 0
+            _assign(s, new_id, [i.id for i in items], now, author=author, anchor=items[0].id,
+                    pinned=True, action="cluster.split", first_version=last)
+        for i in items:
+            _history(s, "cluster.leave", author, now, ticket_id=i.id,
+                     detail={"from": cluster_id, "into": new_id})
         return new_id
 
 
@@ -481,8 +529,22 @@ def link_duplicate(store: Store, ticket_id: str, first_id: str, *, author: str,
         m, first = s.get(TicketMatter, ticket_id), s.get(TicketMatter, first_id)
         if m is None or first is None:
             raise LookupError(f"no ticket {ticket_id if m is None else first_id}")
-        if first.duplicate_of or ticket_id == first_id:
-            raise ValueError(f"{first_id} is itself a repeat; link to its first ticket")
+        if ticket_id == first_id:
+            raise RepeatEditError("a ticket cannot repeat itself", field="first",
+                                  conflict=False)
+        if first.duplicate_of:
+            raise RepeatEditError(f"{first_id} is itself a repeat; link to its first ticket "
+                                  f"{first.duplicate_of}", field="first")
+        if m.duplicate_of == first_id:
+            return m.repeat_count  # already so: a retried request changes nothing
+        if m.duplicate_of:
+            raise RepeatEditError(f"{ticket_id} already repeats {m.duplicate_of}; unmark it "
+                                  "first", field="ticket_id")
+        own = s.scalar(select(func.count()).select_from(TicketMatter)
+                       .where(TicketMatter.duplicate_of == ticket_id)) or 0
+        if own:
+            raise RepeatEditError(f"{ticket_id} has {own} repeat(s) of its own; link those to "
+                                  f"{first_id} first", field="ticket_id")
         n = (s.scalar(select(func.count()).select_from(TicketMatter)
                       .where(TicketMatter.duplicate_of == first_id)) or 0) + 1
         m.duplicate_of, m.repeat_count, first.repeat_count = first_id, n, n
@@ -499,8 +561,10 @@ def unlink_duplicate(store: Store, ticket_id: str, *, author: str,
     now = now or utcnow()
     with store.session() as s:
         m = s.get(TicketMatter, ticket_id)
-        if m is None or m.duplicate_of is None:
-            raise ValueError(f"{ticket_id} is not a repeat")
+        if m is None:
+            raise LookupError(f"no ticket {ticket_id}")
+        if m.duplicate_of is None:
+            raise RepeatEditError(f"{ticket_id} is not a repeat", field="ticket_id")
         first_id = m.duplicate_of
         m.duplicate_of, m.repeat_count = None, 0
         _set_document(s, ticket_id, now, duplicate_of=None, repeat_count=0)
@@ -519,3 +583,66 @@ def ticket_history(store: Store, ticket_id: str) -> list[RepeatHistory]:
     with store.session() as s:
         return list(s.scalars(select(RepeatHistory).where(RepeatHistory.ticket_id == ticket_id)
                               .order_by(RepeatHistory.id)))
+
+
+def _history_dict(h: RepeatHistory) -> dict[str, Any]:
+    return {"id": h.id, "action": h.action, "author": h.author, "at": h.created_at.isoformat(),
+            "ticket_id": h.ticket_id, "cluster_id": h.cluster_id, "detail": h.detail}
+
+
+def repeat_panel(store: Store, ticket_id: str, *, member_limit: int = 200
+                 ) -> dict[str, Any] | None:
+    """What the review page shows beside a ticket, in one read: the first ticket it
+    repeats, its own repeats, its cluster (counts, heat, description, members) and the
+    history of all three. None for a ticket the matcher never saw (stored before it)."""
+    with store.session() as s:
+        m = s.get(TicketMatter, ticket_id)
+        if m is None:
+            return None
+        repeats = list(s.scalars(select(TicketMatter).where(TicketMatter.duplicate_of == ticket_id)
+                                 .order_by(TicketMatter.at, TicketMatter.ticket_id)))
+        cluster = s.get(ClusterRow, m.cluster_id) if m.cluster_id else None
+        members: list[TicketMatter] = []
+        if cluster is not None:
+            members = list(s.scalars(
+                select(TicketMatter).where(TicketMatter.cluster_id == cluster.id)
+                .order_by(TicketMatter.at, TicketMatter.ticket_id).limit(member_limit)))
+        ids = {m.ticket_id, *(r.ticket_id for r in repeats), *(x.ticket_id for x in members)}
+        if m.duplicate_of:
+            ids.add(m.duplicate_of)
+        rows = {r.id: r for r in s.scalars(select(TicketRow).where(TicketRow.id.in_(ids)))}
+
+        def brief(tid: str, at: datetime | None = None) -> dict[str, Any]:
+            row = rows.get(tid)
+            doc = row.document if row is not None else {}
+            return {"ticket_id": tid, "at": (at or (row.created_at if row else None)),
+                    "summary": doc.get("summary"), "title": doc.get("title"),
+                    "status": row.status if row is not None else None}
+
+        # its own rows, the repeats' links and unlinks to it, and its cluster's rows
+        who = [RepeatHistory.ticket_id == ticket_id,
+               RepeatHistory.ticket_id.in_([r.ticket_id for r in repeats]),
+               RepeatHistory.detail["first"].as_string() == ticket_id]
+        if cluster is not None:
+            who.append(RepeatHistory.cluster_id == cluster.id)
+        history = list(s.scalars(select(RepeatHistory).where(or_(*who))
+                                 .order_by(RepeatHistory.id.desc()).limit(200)))
+        out: dict[str, Any] = {
+            "duplicate_of": brief(m.duplicate_of) if m.duplicate_of else None,
+            "repeat_count": m.repeat_count,
+            "repeats": [brief(r.ticket_id, r.at) for r in repeats],
+            "cluster": None,
+            "cluster_pinned": m.cluster_pinned,
+            "history": [_history_dict(h) for h in history],
+        }
+        if cluster is not None:
+            doc = cluster.as_dict()
+            doc["members"] = [{**brief(x.ticket_id, x.at), "duplicate_of": x.duplicate_of,
+                               "pinned": x.cluster_pinned} for x in members]
+            doc["members_shown"] = len(members)
+            out["cluster"] = doc
+    for item in (out["duplicate_of"], *out["repeats"],
+                 *((out["cluster"] or {}).get("members") or ())):
+        if item and isinstance(item.get("at"), datetime):
+            item["at"] = item["at"].isoformat()
+    return out
