@@ -5,8 +5,9 @@ PostgreSQL and Redis, tickets made by the model from uploaded samples.
 A reviewer signs in, opens the first queued ticket, plays a segment, edits a segment and
 fields, saves, reloads and finds the edit, reads the history, approves, and the revised
 ticket is on the Redis stream; a second reviewer in another browser context gets the
-conflict message. Screenshots go to MINYIN_SCREENSHOT_DIR (default var/screenshots) for
-a person to look at.
+conflict message. Typed messages in a 一类事 with a 重复件: the reviewer sees the cluster
+and the repeat, unmarks it, and the history shows it; no audio player. Screenshots go
+to MINYIN_SCREENSHOT_DIR (default var/screenshots) for a person to look at.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         for job_id in jobs:
             done = api.wait_job(submitter, job_id, timeout=300)
             assert done["status"] == "done", (done, worker.tail())
-        yield {"api": api, "staff": staff, "stream": stream, "key": f"{prefix}:tickets"}
+        yield {"api": api, "staff": staff, "submitter": submitter, "stream": stream,
+               "key": f"{prefix}:tickets"}
     finally:
         stream.delete(f"{prefix}:tickets")
         stream.close()
@@ -327,4 +329,67 @@ def test_segment_navigation_and_large_fonts(browser: Any, stack: dict[str, Any])
     r = httpx.get(f"{stack['api'].url}/v1/review/queue",
                   cookies={c["name"]: c["value"] for c in page.context.cookies()})
     assert r.status_code == 401
+    assert not errors, errors
+
+
+def post_message(stack: dict[str, Any], text: str, phone: str) -> str:
+    r = stack["api"].http.post("/v1/messages", headers=Api.auth(stack["submitter"]),
+                               json={"title": "路灯坏了", "text": text, "phone": phone})
+    assert r.status_code == 201, r.text
+    return str(r.json()["ticket_id"])
+
+
+def test_cluster_and_duplicate_panel(browser: Any, stack: dict[str, Any]) -> None:
+    # three callers on 郑宅镇's street lights (一类事), the first phoning again (重复件)
+    first = post_message(stack, "郑宅镇的路灯坏了好几天了晚上很黑希望尽快修好", "13700000001")
+    others = [post_message(stack, "郑宅镇路灯不亮了", "13700000002"),
+              post_message(stack, "喂那个郑宅镇这边路灯晚上都不亮", "13700000003")]
+    again = post_message(stack, "又打来了郑宅镇路灯还是不亮啊希望赶紧修路灯", "13700000001")
+    panel = api_get(stack, f"/v1/tickets/{first}/review")["repeats"]
+    assert [r["ticket_id"] for r in panel["repeats"]] == [again]
+    cluster = panel["cluster"]
+    assert cluster is not None and cluster["size"] == 4
+
+    errors: list[str] = []
+    page = new_page(browser, stack, errors)
+    sign_in(page, "alice")
+    page.select_option("#f-status", "all")
+    page.select_option("#f-source", "message")
+    page.locator(f"#queue-list li[data-id='{first}']").click()
+    page.wait_for_selector("#repeats:not([hidden]) #cluster-members li")
+    # a typed message: its title, its text, no audio player, nothing to play
+    assert page.is_hidden("#player") and page.locator("#segments .seg-play").count() == 0
+    assert page.get_attribute("#audio", "src") is None
+    assert "路灯坏了" in page.inner_text("#ticket-title")
+    assert "文字留言" in page.inner_text("#ticket-meta")
+    # the cluster: its description, heat and members; the repeat of this ticket
+    assert page.inner_text("#cluster-desc") == cluster["description"]
+    assert f"热度 {cluster['heat']:.1f}" in page.inner_text("#cluster-panel")
+    members = page.eval_on_selector_all("#cluster-members li", "els => els.map(e => e.dataset.id)")
+    assert sorted(members) == sorted([first, again, *others])
+    assert page.locator("#repeat-list li").count() == 1
+    assert page.locator(f"#repeat-list li[data-id='{again}']").is_visible()
+    page.locator("#repeats").scroll_into_view_if_needed()
+    shot(page, "07-cluster-and-repeat")
+
+    # a member is a link that opens it; from there, back to the first ticket
+    page.click(f"#cluster-members li[data-id='{others[0]}'] a")
+    page.wait_for_selector(f"#ticket-title:has-text('{others[0]}')")
+    assert page.locator("#cluster-members li.this").get_attribute("data-id") == others[0]
+    page.click(f"#cluster-members li[data-id='{first}'] a")
+    page.wait_for_selector(f"#ticket-title:has-text('{first}')")
+    page.wait_for_selector(f"#repeat-list li[data-id='{again}']")
+
+    # unmark the repeat: the panel and the history say so, and so does the API
+    page.click(f"#repeat-list li[data-id='{again}'] button.unmark")
+    page.wait_for_selector("#banner.ok:has-text('不再是本件的重复件')")
+    page.wait_for_selector("#dup-panel:has-text('没有重复件')")
+    entry = page.locator("#history li[data-action='duplicate.unlink']")
+    entry.wait_for()
+    text = entry.inner_text()
+    assert "取消重复件" in text and "alice" in text and again in text
+    assert api_get(stack, f"/v1/tickets/{again}/review")["ticket"]["duplicate_of"] is None
+    assert api_get(stack, f"/v1/tickets/{first}/review")["ticket"]["repeat_count"] == 0
+    page.locator("#history-box").scroll_into_view_if_needed()
+    shot(page, "08-repeat-unmarked")
     assert not errors, errors

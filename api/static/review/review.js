@@ -8,12 +8,18 @@ const PAGE = 20;
 const REFRESH_MS = 30000;
 const SPEAKERS = { caller: "来电人", agent: "话务员" };
 const STATUS = { new: "未处理", in_review: "复核中", reviewed: "已批准" };
-const SOURCE = { voice_note: "语音留言", hotline: "热线录音" };
+const SOURCE = { voice_note: "语音留言", hotline: "热线录音", message: "文字留言" };
 const URGENCY = { urgent: "紧急", normal: "一般" };
 const FLAG_LABELS = {
   urgent: "紧急", possible_urgent: "可能紧急", low_confidence: "低置信度",
   homophone_match: "同音词匹配", no_location: "缺少地点", uncategorised: "未能分类",
   empty_transcript: "无有效内容", wrong_language: "语种异常", invalid_phone: "号码异常",
+};
+
+const REPEAT_ACTIONS = {
+  "duplicate.link": "标记为重复件", "duplicate.unlink": "取消重复件",
+  "cluster.form": "形成一类事", "cluster.grow": "一类事新增工单", "cluster.merge": "合并一类事",
+  "cluster.split": "拆分一类事", "cluster.leave": "移出一类事",
 };
 
 const state = {
@@ -240,7 +246,8 @@ function renderQueue() {
       el("span", { class: "tag", text: t.category.label }),
       t.low_confidence_segments ? el("span", { class: "tag low", text: `⚠ ${t.low_confidence_segments} 段低置信度` }) : null),
     el("span", { class: "summary", text: t.summary }),
-    el("span", { class: "meta", text: `${when(t.created_at)} · ${SOURCE[t.source] || t.source} · ${Math.round(t.duration_s)} 秒 · 置信度 ${pct(t.confidence)}` }));
+    el("span", { class: "meta", text: `${when(t.created_at)} · ${SOURCE[t.source] || t.source}` +
+      (t.duration_s === null ? "" : ` · ${Math.round(t.duration_s)} 秒`) + ` · 置信度 ${pct(t.confidence)}` }));
     return li;
   }));
   list.scrollTop = scroll;
@@ -290,19 +297,29 @@ async function openTicket(id, { keepBanner = false } = {}) {
   loadHistory();
 }
 
-function renderTicket(view, { reloadAudio = true } = {}) {
+// title and meta line: a typed message has a title and no recording
+function renderHead(view) {
   const t = view.ticket;
-  $("#ticket-title").textContent = `${t.id} · ${t.kind} · ${t.category.label}`;
+  $("#ticket-title").textContent = `${t.id} · ${t.title ? `${t.title} · ` : ""}${t.kind} · ${t.category.label}`;
   const phone = t.submitter.phone ? ` · 回访电话 ${t.submitter.phone}` : "";
   $("#ticket-meta").textContent =
     `${STATUS[view.status]} · 第 ${view.revision} 版 · ${when(t.created_at)} · ${SOURCE[t.source] || t.source}` +
-    ` · ${clock(t.audio.duration_s)} · 整体置信度 ${pct(view.confidence)}${phone}` +
+    (t.audio ? ` · ${clock(t.audio.duration_s)}` : "") + ` · 整体置信度 ${pct(view.confidence)}${phone}` +
     (view.reviewed_by ? ` · 批准人 ${view.reviewed_by}` : view.updated_by ? ` · 最后修改 ${view.updated_by}` : "");
+}
+
+function renderTicket(view, { reloadAudio = true } = {}) {
+  const t = view.ticket;
+  renderHead(view);
   const flags = t.review.flags.map((f) => FLAG_LABELS[f] || f);
   $("#ticket-flags").replaceChildren(
     ...(t.urgency.level === "urgent" ? [el("span", { class: "tag urgent", text: `紧急：${t.urgency.reasons.join("；")}` }), " "] : []),
     ...flags.map((f) => el("span", { class: "tag", text: f })));
-  if (reloadAudio) { $("#audio").src = view.audio_url; }
+  const audio = $("#audio");
+  $("#player").hidden = !view.audio_url;
+  if (!view.audio_url) {
+    if (audio.hasAttribute("src")) { audio.pause(); audio.removeAttribute("src"); audio.load(); }
+  } else if (reloadAudio || !audio.hasAttribute("src")) { audio.src = view.audio_url; }
 
   const low = view.low_confidence_below;
   $("#segments").replaceChildren(...t.transcript.segments.map((s, i) => {
@@ -318,7 +335,7 @@ function renderTicket(view, { reloadAudio = true } = {}) {
       onclick: (e) => { if (e.target.tagName !== "TEXTAREA") playSegment(i); },
     },
     el("div", { class: "seg-head" },
-      el("button", { type: "button", class: "seg-play", title: "播放这一段", text: `▶ ${clock(s.start)}–${clock(s.end)}` }),
+      t.audio ? el("button", { type: "button", class: "seg-play", title: "播放这一段", text: `▶ ${clock(s.start)}–${clock(s.end)}` }) : null,
       speaker ? el("span", { class: "speaker", text: speaker }) : null,
       el("span", { class: `conf tag${isLow ? " low" : ""}`, text: isLow ? `⚠ 低置信度 ${pct(s.confidence)}` : `置信度 ${pct(s.confidence)}` }),
       s.flags.includes("corrected") ? el("span", { class: "tag", text: "已人工修改" }) : null,
@@ -337,6 +354,111 @@ function renderTicket(view, { reloadAudio = true } = {}) {
   $("#comment").value = "";
   updateSummaryCount();
   updateDirty();
+  renderRepeats(view);
+}
+
+// ----------------------------------------------------------------------------- 重复件 / 一类事
+
+function ticketLink(id, label) {
+  return el("a", { href: `#t=${encodeURIComponent(id)}`, "data-ticket": id, text: label || id,
+    onclick: (e) => { e.preventDefault(); openTicket(id); } });
+}
+
+function brief(item) {
+  const words = item.title || item.summary || "";
+  return `${when(item.at)}${words ? ` · ${words}` : ""}`;
+}
+
+function renderRepeats(view) {
+  const r = view.repeats, t = view.ticket;
+  $("#repeats").hidden = !r;
+  if (!r) return;
+  const dup = [];
+  if (r.duplicate_of) {
+    dup.push(el("p", { id: "dup-of" }, "本件是重复件，首件：", ticketLink(r.duplicate_of.ticket_id),
+      ` ${brief(r.duplicate_of)}`,
+      el("button", { type: "button", id: "unmark-self", text: "不是重复件",
+        onclick: () => repeatAction("DELETE", `/v1/tickets/${encodeURIComponent(t.id)}/duplicate-of`,
+          undefined, `已取消：${t.id} 不再是重复件。`) })));
+  }
+  if (r.repeats.length) {
+    dup.push(el("h4", { text: `同一来电人的重复件（${r.repeats.length}）` }),
+      el("ul", { id: "repeat-list" }, ...r.repeats.map((x) => el("li", { "data-id": x.ticket_id },
+        ticketLink(x.ticket_id), ` ${brief(x)}`,
+        el("button", { type: "button", class: "unmark", text: "取消重复",
+          onclick: () => repeatAction("DELETE", `/v1/tickets/${encodeURIComponent(x.ticket_id)}/duplicate-of`,
+            undefined, `已取消：${x.ticket_id} 不再是本件的重复件。`) })))));
+  }
+  if (!dup.length) dup.push(el("p", { class: "hint", text: "没有重复件。" }));
+  $("#dup-panel").replaceChildren(...dup);
+  $("#mark-dup").hidden = Boolean(r.duplicate_of);
+
+  const c = r.cluster;
+  $("#merge-cluster").hidden = !c;
+  if (!c) {
+    $("#cluster-panel").replaceChildren(el("p", { class: "hint",
+      text: r.cluster_pinned ? "不属于任何一类事（已由人工移出）。" : "不属于任何一类事。" }));
+    return;
+  }
+  const more = c.size > c.members.length ? `（只列出前 ${c.members.length} 张）` : "";
+  $("#cluster-panel").replaceChildren(
+    el("h4", { id: "cluster-head", text: `一类事 ${c.cluster_id}` }),
+    el("p", { id: "cluster-desc" }, c.description),
+    el("p", { class: "hint", text: `热度 ${c.heat.toFixed(1)} · ${c.size} 张工单 · ${c.callers} 位来电人` +
+      (c.urgent ? ` · ${c.urgent} 张紧急` : "") + more }),
+    el("ol", { id: "cluster-members" }, ...c.members.map((m) => el("li", {
+      "data-id": m.ticket_id, class: m.ticket_id === t.id ? "this" : "" },
+      m.ticket_id === t.id ? `${m.ticket_id}（本件）` : ticketLink(m.ticket_id), ` ${brief(m)}`,
+      m.duplicate_of ? el("span", { class: "tag", text: "重复件" }) : null))),
+    el("button", { type: "button", id: "leave-cluster", text: "把本件移出此类事",
+      onclick: () => repeatAction("POST", `/v1/clusters/${encodeURIComponent(c.cluster_id)}/split`,
+        { tickets: [t.id], new_cluster: false }, `已把 ${t.id} 移出一类事 ${c.cluster_id}。`) }));
+}
+
+async function repeatAction(method, path, body, done) {
+  if (!state.view || state.busy) return;
+  state.busy = true;
+  try {
+    await api(method, path, body);
+    await refreshRepeats();
+    banner("ok", done);
+    loadQueue({ quiet: true });
+  } catch (e) {
+    banner("failure", `操作失败：${e.message}`);
+  } finally {
+    state.busy = false;
+  }
+}
+
+// the links changed the ticket's document (a new revision number, same fields): keep any
+// unsaved edits in the form, take the new revision as the one they start from
+async function refreshRepeats() {
+  const view = await api("GET", `/v1/tickets/${encodeURIComponent(state.view.ticket.id)}/review`);
+  if (isDirty()) {
+    state.view = view;
+    renderHead(view); renderRepeats(view); updateDirty();
+  } else {
+    state.view = view;
+    renderTicket(view, { reloadAudio: false });
+  }
+  await loadHistory();
+}
+
+function onMarkDuplicate(ev) {
+  ev.preventDefault();
+  const first = $("#dup-first").value.trim();
+  if (!first) return;
+  repeatAction("PUT", `/v1/tickets/${encodeURIComponent(state.view.ticket.id)}/duplicate-of`,
+    { first }, `已标记为 ${first} 的重复件。`).then(() => { $("#dup-first").value = ""; });
+}
+
+function onMergeCluster(ev) {
+  ev.preventDefault();
+  const other = $("#merge-id").value.trim();
+  const c = state.view && state.view.repeats && state.view.repeats.cluster;
+  if (!other || !c) return;
+  repeatAction("POST", `/v1/clusters/${encodeURIComponent(c.cluster_id)}/merge`,
+    { clusters: [other] }, `已把一类事 ${other} 并入 ${c.cluster_id}。`).then(() => { $("#merge-id").value = ""; });
 }
 
 function markSegment(i) {
@@ -456,18 +578,45 @@ async function loadHistory() {
     return;
   }
   if (id !== state.ticketId) return;
-  if (!entries.length) {
+  const links = (state.view && state.view.ticket.id === id && state.view.repeats) ? state.view.repeats.history : [];
+  if (!entries.length && !links.length) {
     $("#history").replaceChildren(el("li", { class: "hint", text: "尚无人工修改（第 1 版为机器生成）。" }));
     return;
   }
-  $("#history").replaceChildren(...entries.map((r) => el("li", { "data-revision": String(r.revision) },
+  // revisions and repeat/cluster changes together, newest first
+  const items = [...entries.map((r) => [r.created_at, revisionItem(r)]),
+    ...links.map((h) => [h.at, repeatItem(h)])];
+  items.sort((a, b) => new Date(b[0]) - new Date(a[0]));
+  $("#history").replaceChildren(...items.map(([, li]) => li));
+}
+
+function repeatItem(h) {
+  const d = h.detail || {};
+  const n = (xs) => (xs || []).length;
+  const what = {
+    "duplicate.link": () => `${h.ticket_id} 是 ${d.first} 的重复件（第 ${d.repeat_count} 次）`,
+    "duplicate.unlink": () => `${h.ticket_id} 不再是 ${d.first} 的重复件`,
+    "cluster.form": () => `${h.cluster_id}：${n(d.added)} 张工单`,
+    "cluster.grow": () => `${h.cluster_id}：新增 ${n(d.added)} 张`,
+    "cluster.merge": () => (d.into ? `${h.cluster_id} 并入 ${d.into}` : `${n(d.added)} 张工单并入 ${h.cluster_id}`),
+    "cluster.split": () => (d.added ? `${n(d.added)} 张工单组成 ${h.cluster_id}` : `${n(d.tickets)} 张工单移出 ${h.cluster_id}`),
+    "cluster.leave": () => `${h.ticket_id} 移出 ${d.from}${d.into ? `，组成 ${d.into}` : ""}`,
+  }[h.action];
+  return el("li", { "data-action": h.action },
+    el("strong", { text: REPEAT_ACTIONS[h.action] || h.action }),
+    ` · ${h.author === "pipeline" ? "系统" : h.author} · ${when(h.at)}`,
+    what ? el("div", { class: "change", text: what() }) : null);
+}
+
+function revisionItem(r) {
+  return el("li", { "data-revision": String(r.revision) },
     el("strong", { text: `第 ${r.revision} 版 · ${r.action === "approve" ? "批准并发布" : "保存"}` }),
     ` · ${r.author} · ${when(r.created_at)}`,
     r.comment ? el("div", { class: "hint", text: `备注：${r.comment}` }) : null,
     ...r.changes.map((c) => el("div", { class: "change" },
       el("span", { class: "label", text: c.label }),
       ...changeRuns(c).map(([op, text]) => op === "equal" ? document.createTextNode(text)
-        : el(op === "insert" ? "ins" : "del", { text })))))));
+        : el(op === "insert" ? "ins" : "del", { text })))));
 }
 
 // codes (category, urgency) read as their labels, whole; texts as the server's diff
@@ -498,6 +647,7 @@ function playSegment(i) {
   if (!s) return;
   const audio = $("#audio");
   setCurrent(i, false);
+  if (!state.view.audio_url) return;  // a typed message: nothing to play
   audio.currentTime = s.start;
   state.stopAt = s.end;
   audio.play().catch(() => {});
@@ -505,11 +655,13 @@ function playSegment(i) {
 
 function togglePlay() {
   const audio = $("#audio");
+  if (!state.view.audio_url) return;
   if (audio.paused) { state.stopAt = null; audio.play().catch(() => {}); } else audio.pause();
 }
 
 function nudge(seconds) {
   const audio = $("#audio");
+  if (!state.view.audio_url) return;
   audio.currentTime = Math.max(0, Math.min((audio.duration || Infinity), audio.currentTime + seconds));
   state.stopAt = null;
 }
@@ -583,6 +735,8 @@ async function start() {
   $("#save").addEventListener("click", () => submit("save"));
   $("#approve").addEventListener("click", () => submit("approve"));
   $("#next-ticket").addEventListener("click", nextTicket);
+  $("#mark-dup").addEventListener("submit", onMarkDuplicate);
+  $("#merge-cluster").addEventListener("submit", onMergeCluster);
   $("#fields").addEventListener("input", () => { updateSummaryCount(); updateDirty(); });
   $("#fields").addEventListener("change", updateDirty);
   $("#fields").addEventListener("submit", (e) => e.preventDefault());
