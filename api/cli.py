@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -42,7 +41,9 @@ from api.cli_clusters import clusters_command  # noqa: E402
 
 app.command("clusters")(clusters_command)
 
-err = Console(stderr=True)
+from api.cli_common import err  # noqa: E402
+from api.cli_common import fail as _fail  # noqa: E402
+from api.cli_common import open_store as _store  # noqa: E402
 
 
 def _progress() -> Progress:
@@ -51,11 +52,6 @@ def _progress() -> Progress:
                     TextColumn("{task.fields[audio]}"), TimeElapsedColumn(),
                     TimeRemainingColumn(), console=err, transient=True,
                     disable=not err.is_terminal)
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(code)
 
 
 def _pipeline():
@@ -532,13 +528,6 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="the key's id (K...)"
         err.print(f"[red]no active key {key_id}[/red]")
         raise typer.Exit(1)
     err.print(f"revoked {key_id}")
-
-
-def _store():
-    from pipeline.config import get_settings
-    from pipeline.store import Store
-
-    return Store.from_settings(get_settings(), migrate=True)
 
 
 def _read_password(from_stdin: bool) -> str:

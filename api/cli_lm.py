@@ -11,22 +11,13 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from api.cli_common import err
+from api.cli_common import fail as _fail
+from api.cli_common import open_store as _store
+
 lm_app = typer.Typer(no_args_is_help=True,
                      help="The character language model (n-best rescoring, phonetic "
                           "correction).")
-err = Console(stderr=True)
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(code)
-
-
-def _store():
-    from pipeline.config import get_settings
-    from pipeline.store import Store
-
-    return Store.from_settings(get_settings(), migrate=True)
 
 
 @lm_app.command("build")

@@ -8,23 +8,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+
+from api.cli_common import err
+from api.cli_common import fail as _fail
+from api.cli_common import open_store as _store
 
 tickets_app = typer.Typer(no_args_is_help=True,
                           help="Tickets: typed messages in, the category classifier.")
-err = Console(stderr=True)
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(code)
-
-
-def _store():
-    from pipeline.config import get_settings
-    from pipeline.store import Store
-
-    return Store.from_settings(get_settings(), migrate=True)
 
 
 def _line_error(text: str) -> None:
