@@ -546,6 +546,17 @@ def create_engine_for(url: str, **kwargs: Any) -> Engine:
     return create_engine(url, **kwargs)
 
 
+def _links_only_since(s: Session, ticket_id: str, base: int, current: int) -> bool:
+    """Whether every revision after `base` up to `current` is a relink: only staff
+    saves and approvals write a `TicketRevision`; the store's 重复件 / 一类事 links bump
+    the counter without one."""
+    if not 1 <= base < current:
+        return False
+    later = s.scalar(select(func.count()).select_from(TicketRevision).where(
+        TicketRevision.ticket_id == ticket_id, TicketRevision.revision > base))
+    return not later
+
+
 def upgrade(url: str | Engine, revision: str = "head") -> None:
     """`alembic upgrade head` from code; the scripts ship inside the package."""
     from alembic import command
@@ -1172,6 +1183,10 @@ class Store:
     ) -> Revised:
         """A staff save or approval, in one transaction.
 
+        Revisions that only relinked the ticket (重复件 / 一类事: `duplicate_of`,
+        `repeat_count`, `cluster_id`, which a save never edits) do not conflict: the
+        save applies on top of them. Any staff save or approval since does.
+
         `edit` turns the stored ticket into the revised one and lists what changed
         (`pipeline.review.apply_edit`); it may raise to refuse the edit. A save that
         changes nothing writes nothing. Otherwise: the ticket (revision + 1, status
@@ -1188,7 +1203,8 @@ class Store:
                 row = s.get(TicketRow, ticket_id)
                 if row is None:
                     raise LookupError(f"no ticket {ticket_id}")
-                if row.revision != base_revision:
+                if row.revision != base_revision and not _links_only_since(
+                        s, ticket_id, base_revision, row.revision):
                     raise RevisionConflict(ticket_id, base_revision, row.revision,
                                            row.updated_by, row.updated_at)
                 before = row.ticket

@@ -271,7 +271,8 @@ def test_second_reviewer_gets_a_conflict(browser: Any, stack: dict[str, Any]) ->
 
     # bob takes the latest revision with his change filled in again, and saves it
     bob.click("#banner button:has-text('重新填入我的修改')")
-    bob.wait_for_selector("#banner:has-text('重新填入')")
+    # (the conflict banner's button says 重新填入 too: wait for what the reload says)
+    bob.wait_for_selector("#banner:has-text('已载入第')")
     assert bob.input_value("#summary") == "赵强后保存的摘要"
     bob.keyboard.press("Control+s")
     bob.wait_for_selector(f"#banner:has-text('已保存为第 {start + 2} 版')")

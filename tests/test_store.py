@@ -787,3 +787,34 @@ def test_optimistic_lock_on_ticket_revisions(store: Store, tmp_path: Path) -> No
     assert final is not None and final.revision == 2
     assert final.document["summary"] == f"摘要{wins[0]}"
     assert len(store.ticket_history(row.id)) == 1
+
+
+def test_a_relink_by_the_store_does_not_conflict_with_a_reviewer(store: Store,
+                                                                  tmp_path: Path) -> None:
+    """The store links a ticket into a 一类事 while a reviewer has it open: the save lands
+    on top of the link; a staff save in between still conflicts."""
+    from pipeline.review import TicketEdit, apply_edit
+    from pipeline.store import RevisionConflict, utcnow
+    from pipeline.store_clusters import _set_document
+    from tests.review_seed import seed_ticket
+
+    row = seed_ticket(store, BlobStore(tmp_path / "audio"), "light")
+    with store.session() as s:
+        _set_document(s, row.id, utcnow(), cluster_id="c-1")
+    relinked = store.get_ticket_row(row.id)
+    assert relinked is not None and relinked.revision == 2
+
+    def edit(summary: str, base: int) -> Any:
+        return lambda t: apply_edit(t, TicketEdit(revision=base, fields={"summary": summary}),
+                                    author="alice", now=utcnow())
+
+    done = store.revise_ticket(row.id, base_revision=1, author="alice", action="save",
+                               edit=edit("王丽的摘要", 1))
+    assert done.row.revision == 3
+    saved = store.get_ticket_row(row.id)
+    assert saved is not None and saved.document["cluster_id"] == "c-1"
+    assert saved.document["summary"] == "王丽的摘要"
+    with pytest.raises(RevisionConflict) as e:
+        store.revise_ticket(row.id, base_revision=2, author="bob", action="save",
+                            edit=edit("赵强的摘要", 2))
+    assert e.value.current == 3
