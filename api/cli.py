@@ -38,6 +38,9 @@ from api.cli_tickets import tickets_app  # noqa: E402
 
 app.add_typer(tickets_app, name="tickets")
 from api.cli_clusters import clusters_command  # noqa: E402
+from api.cli_dialect import dialect_app  # noqa: E402
+
+app.add_typer(dialect_app, name="dialect")
 
 app.command("clusters")(clusters_command)
 

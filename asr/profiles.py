@@ -26,6 +26,9 @@ class DialectProfile:
     name: str
     label: str = ""
     language: str = "zh"  # the Whisper language token
+    # the variety this profile is for (asr.dialect.VARIETIES): a detected variety picks
+    # the profile for the second pass, and a region's profile is the likelier guess
+    variety: str = "mandarin"
     initial_prompt: str | None = None
     hotwords: tuple[str, ...] = ()
     lexicon: dict[str, str] = field(default_factory=dict)  # dialect word -> standard word
@@ -49,6 +52,17 @@ class DialectProfile:
         return self.places.correct(text)
 
 
+def _variety_of(name: str) -> str:
+    """A profile's variety when its file does not say: from its name (pujiang_wu: wu)."""
+    from asr.dialect import VARIETIES, normalise_variety
+
+    for part in reversed(name.lower().replace("-", "_").split("_")):
+        variety = normalise_variety(part)
+        if variety in VARIETIES and variety not in ("other", "unknown"):
+            return variety
+    return "mandarin"
+
+
 def _builtin_dir() -> Path:
     return Path(str(resources.files("asr") / "data" / "profiles"))
 
@@ -70,6 +84,7 @@ def parse_profile(data: dict, *, source: str) -> DialectProfile:
         name=str(data["name"]),
         label=str(data.get("label", "")),
         language=str(data.get("language", "zh")),
+        variety=str(data.get("variety") or _variety_of(str(data["name"]))),
         initial_prompt=data.get("initial_prompt") or None,
         hotwords=tuple(str(w) for w in data.get("hotwords") or ()),
         lexicon={str(k): str(v) for k, v in lexicon.items()},

@@ -17,6 +17,7 @@ import numpy as np
 from faster_whisper import BatchedInferencePipeline
 
 from asr import guards
+from asr.dialect import Detector, RuleDetector, WindowSignals
 from asr.guards import GuardConfig
 from asr.normalize import normalize_text
 from asr.profiles import DialectProfile
@@ -95,6 +96,39 @@ class WindowResult:
     flags: list[str]
 
 
+def window_signals(model, encoded, durations: Sequence[float]) -> list[WindowSignals]:
+    """Language probabilities and the pooled encoder output of each window of a batch,
+    from the encoder output the decoding already made (CTranslate2's language detection
+    takes it as it is: one decoder step, no second encoder pass)."""
+    try:
+        languages = model.detect_language(encoded)
+    except Exception as e:  # an old CTranslate2 or a model without language tokens
+        log.debug("no language probabilities: %s", e)
+        languages = [[] for _ in durations]
+    try:
+        import ctranslate2
+
+        view = encoded
+        if getattr(view, "device", "cpu") != "cpu":
+            view = view.to_device(ctranslate2.Device.cpu)
+        if str(getattr(view, "dtype", "float32")) not in ("float32", "DataType.float32"):
+            view = view.to(ctranslate2.DataType.float32)
+        frames = np.asarray(view, dtype=np.float32)
+    except Exception as e:
+        log.debug("no encoder features: %s", e)
+        frames = None
+    out = []
+    for i, duration in enumerate(durations):
+        probs = {str(code).strip("<|>"): round(float(p), 4) for code, p in languages[i][:5]}
+        emb = None
+        if frames is not None:
+            # 50 encoder frames a second; the rest of the 30 s is padding
+            n = max(1, min(frames.shape[1], round(duration * 50)))
+            emb = frames[i, :n].mean(axis=0)
+        out.append(WindowSignals(probs, emb))
+    return out
+
+
 class NBestPipeline(BatchedInferencePipeline):
     """faster-whisper's batched pipeline, keeping CTranslate2's n best per window.
 
@@ -108,12 +142,20 @@ class NBestPipeline(BatchedInferencePipeline):
         super().__init__(model)
         self.num_hypotheses = num_hypotheses
         self.nbest: dict[float, list[Hypothesis]] = {}
+        self.signals: dict[float, WindowSignals] = {}
         self._last: list[list[Hypothesis]] = []
+        self._encoded = None
 
     def forward(self, features, tokenizer, chunks_metadata, options):
         out = super().forward(features, tokenizer, chunks_metadata, options)
         for meta, hyps in zip(chunks_metadata, self._last, strict=True):
             self.nbest[round(float(meta["offset"]), 3)] = hyps
+        if self._encoded is not None:
+            for meta, signals in zip(chunks_metadata, window_signals(
+                    self.model.model, self._encoded,
+                    [float(m["duration"]) for m in chunks_metadata]), strict=True):
+                self.signals[round(float(meta["offset"]), 3)] = signals
+            self._encoded = None
         return out
 
     def generate_segment_batched(self, features, tokenizer, options):
@@ -138,6 +180,7 @@ class NBestPipeline(BatchedInferencePipeline):
             repetition_penalty=options.repetition_penalty,
             no_repeat_ngram_size=options.no_repeat_ngram_size,
         )
+        self._encoded = encoder_output
         output, self._last = [], []
         for result in results:
             hyps = []
@@ -163,6 +206,11 @@ class Transcriber:
         self.model_version = model_version
         self.options = options or TranscribeOptions()
         self.language = LanguageTools()
+        self.detector: Detector = RuleDetector()
+
+    def use_detector(self, detector: Detector) -> None:
+        """Judge each window's variety and readability with `detector` from now on."""
+        self.detector = detector
 
     def use_language_model(self, tools: LanguageTools) -> None:
         """Rescore and correct with `tools` from the next window on (LanguageTools()
@@ -173,7 +221,8 @@ class Transcriber:
 
     def transcribe(self, audio: np.ndarray, windows: Sequence[Window], *,
                    channel: int = 0, speaker: str | None = None,
-                   profile: DialectProfile | None = None) -> Iterator[WindowResult]:
+                   profile: DialectProfile | None = None,
+                   detector: Detector | None = None) -> Iterator[WindowResult]:
         """Yield one result per window, in order, times in seconds of ``audio``.
 
         A window is a list of ``(start, end)`` pieces of ``audio`` (speech regions) whose
@@ -181,17 +230,24 @@ class Transcriber:
         so each Whisper pass reads as much speech as it can hold.
         """
         opts = self.options.with_profile(profile)
+        detector = detector or self.detector
         lexicon = profile.lexicon if profile else {}
         places = profile.places if profile else None
         for first in range(0, len(windows), opts.windows_per_call):
             group = [list(w) for w in windows[first:first + opts.windows_per_call]]
             clips = [_join(audio, pieces) for pieces in group]
-            raw = self._batched(clips, opts)
-            for pieces, clip, segs in zip(group, clips, raw, strict=True):
+            raw, signals = self._batched(clips, opts)
+            for pieces, clip, segs, sig in zip(group, clips, raw, signals, strict=True):
                 for seg in segs:
                     self.language.rescore(seg)
                 result = self._guard_window(clip, segs, opts)
                 for seg in result.segments:
+                    judged = detector.judge(
+                        seg.raw_text or seg.text, avg_logprob=seg.avg_logprob,
+                        compression_ratio=seg.compression_ratio,
+                        no_speech_prob=seg.no_speech_prob, signals=sig)
+                    seg.variety, seg.variety_confidence = judged.variety, judged.confidence
+                    seg.readable = judged.readable
                     seg.start = _to_source(seg.start, pieces)
                     seg.end = _to_source(seg.end, pieces, at_end=True)
                     seg.channel = channel
@@ -206,8 +262,10 @@ class Transcriber:
 
     # -- decoding -------------------------------------------------------------------
 
-    def _batched(self, clips: list[np.ndarray], opts: TranscribeOptions) -> list[list[Segment]]:
-        """Decode clips together; segment times are relative to each clip."""
+    def _batched(self, clips: list[np.ndarray], opts: TranscribeOptions
+                 ) -> tuple[list[list[Segment]], list[WindowSignals | None]]:
+        """Decode clips together; segment times are relative to each clip. With them,
+        each clip's signals for the dialect detector (None where none were measured)."""
         bounds, offset = [], 0
         for clip in clips:
             bounds.append((offset / SAMPLE_RATE, (offset + len(clip)) / SAMPLE_RATE))
@@ -233,7 +291,8 @@ class Transcriber:
             if opts.num_hypotheses > 1:
                 seg.hypotheses = batched.nbest.get(round(bounds[index][0], 3), [])
             out[index].append(seg)
-        return out
+        signals = [batched.signals.get(round(a, 3)) for a, _b in bounds]
+        return out, signals
 
     def _sequential(self, clip: np.ndarray, opts: TranscribeOptions) -> list[Segment]:
         """The retry path: one clip, with Whisper's temperature fallback."""

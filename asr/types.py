@@ -40,6 +40,10 @@ class Segment:
     raw_text: str = ""  # model output before normalisation, kept for auditing
     # the beam's n best for this window (raw text), when more than one was asked for
     hypotheses: list[Hypothesis] = field(default_factory=list)
+    # which variety was heard here (asr.dialect) and whether the text can be relied on
+    variety: str = "mandarin"
+    variety_confidence: float = 1.0
+    readable: bool = True
 
     @property
     def confidence(self) -> float:
@@ -61,3 +65,8 @@ class Transcript:
     lm_version: str = ""
     # transcript-level doubts, e.g. "dropped_hallucination", "wrong_language"
     flags: list[str] = field(default_factory=list)
+    variety: str = "mandarin"
+    variety_confidence: float = 1.0
+    readable: bool = True
+    detector: str = ""  # the dialect detector that judged it, and its version
+    detector_version: str = ""

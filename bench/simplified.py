@@ -53,7 +53,8 @@ def main() -> None:
             windows = [(w.start, w.end) for w in speech_windows(audio)]
             for name, initial_prompt in variants.items():
                 opts = dataclasses.replace(tr.options, initial_prompt=initial_prompt)
-                raw = "".join(seg.text for group in tr._batched(audio, windows, opts)
+                clips = [audio[int(a * 16000):int(b * 16000)] for a, b in windows]
+                raw = "".join(seg.text for group in tr._batched(clips, opts)[0]
                               for seg in group)
                 st = stats[name]
                 trad = traditional_chars(raw)

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     # the category classifier: a directory under models_dir/classifier (or a path);
     # the registry's current one (minyin tickets promote) takes precedence
     classifier: str = "default"
+    # the dialect detector (variety and readability of each window): a directory under
+    # models_dir/detector (or a path), "rules" for the untrained default; "default" is
+    # the registry's current one (minyin dialect promote), else the rules
+    detector: str = "default"
 
     # --- storage ---
     data_dir: Path = REPO_ROOT / "var"  # originals (content-addressed), SQLite, JSONL sink

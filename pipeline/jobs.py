@@ -25,6 +25,7 @@ from typing import Any, BinaryIO, Literal
 from pipeline.audio import AudioError, decode_audio
 from pipeline.blobs import BlobStore
 from pipeline.config import Settings
+from pipeline.dialect import current_detector_spec
 from pipeline.language_model import current_lm_spec
 from pipeline.metrics import AUDIO_SECONDS, JOB_RUNS, PROCESSING_SECONDS, REALTIME_FACTOR
 from pipeline.models import current_spec
@@ -198,6 +199,7 @@ def run_job(ctx: JobContext, job_id: str, *, force: bool = False) -> JobRun:
             ctx.pipeline.use_model(current_spec(store, settings))
             ctx.pipeline.use_lm(current_lm_spec(store, settings))
             use_classifier(current_classifier_spec(store, settings))
+            ctx.pipeline.use_detector(current_detector_spec(store, settings))
             outcome = ctx.pipeline.process(path, name=job.audio_filename or "<upload>",
                                            dialect=job.dialect, sha256=job.audio_sha256,
                                            roles={caller: "caller", 1 - caller: "agent"})

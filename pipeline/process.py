@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from asr.dialect import Detector, judge_transcript
 from asr.lm import LMError
 from asr.model import ModelRef, forget_model, load_whisper, resolve_model, sha256_file
 from asr.profiles import DialectProfile, load_profile
@@ -29,6 +30,7 @@ from asr.types import Segment, Transcript
 from pipeline.audio import DecodedAudio, decode_audio
 from pipeline.config import Settings, get_settings
 from pipeline.denoise import NoiseEstimate, maybe_denoise
+from pipeline.dialect import make_detector
 from pipeline.language_model import DEFAULT_LM, lm_path, normal_lm_spec
 from pipeline.segment import VadOptions, speech_windows
 from pipeline.ticket_schema import Ticket
@@ -87,6 +89,8 @@ class VoicePipeline:
         # that the first job's use_lm(current_lm_spec(...)) does not load it again
         self._lm_spec: str | None = normal_lm_spec(self.settings.lm, self.settings)
         self._language: LanguageTools | None = None
+        self._detector_spec = self.settings.detector
+        self._detectors: dict[str, Detector] = {}
 
     # -- model ---------------------------------------------------------------------
 
@@ -154,6 +158,30 @@ class VoicePipeline:
             self._transcriber = transcriber
         return self._transcriber
 
+    # -- dialect detector --------------------------------------------------------------
+
+    def use_detector(self, spec: str | None) -> bool:
+        """Judge varieties with detector `spec` (the registry's current one) from the next
+        job on; True when it switched."""
+        spec = spec or self.settings.detector
+        if spec == self._detector_spec:
+            return False
+        make_detector(spec, self.settings)  # a clear error now, not on the next job
+        with self._switch:
+            self._detector_spec, self._detectors = spec, {}
+        log.info("switched dialect detector to %s", spec)
+        return True
+
+    def detector(self, profile: DialectProfile) -> Detector:
+        """The detector for a job in `profile` (its variety is the likelier guess for
+        speech that is not Mandarin), loaded once."""
+        key = profile.variety
+        found = self._detectors.get(key)
+        if found is None:
+            found = make_detector(self._detector_spec, self.settings, expected=key)
+            self._detectors[key] = found
+        return found
+
     def profile(self, name: str | None) -> DialectProfile:
         if self.settings.region:  # its default dialect, its towns and villages
             from asr.profiles import profile_for_region
@@ -172,6 +200,7 @@ class VoicePipeline:
                    roles: dict[int, str] | None = None) -> Outcome:
         s = self.settings
         profile = self.profile(dialect)
+        detector = self.detector(profile)
         timings: dict[str, float] = {}
         split = distinct_channels(decoded.tracks)
         tracks = decoded.tracks if split else decoded.mono[np.newaxis, :]
@@ -195,7 +224,7 @@ class VoicePipeline:
             role = roles.get(ch) if split else None
             for result in self.transcriber.transcribe(
                     audio, [w.spans() for w in windows], channel=ch,
-                    speaker=role, profile=profile):
+                    speaker=role, profile=profile, detector=detector):
                 segments.extend(result.segments)
                 flags.update(result.flags)
             t3 = time.perf_counter()
@@ -215,8 +244,14 @@ class VoicePipeline:
             duration=round(decoded.duration, 3), dialect=profile.name,
             model=self.transcriber.model_name, model_version=self.transcriber.model_version,
             lm=self.transcriber.language.name, lm_version=self.transcriber.language.version,
-            flags=sorted(flags),
+            flags=sorted(flags), detector=detector.name, detector_version=detector.version,
         )
+        # the variety of the caller's speech (in a call, the agent's Mandarin does not
+        # make the caller's Wu readable, nor the other way round)
+        caller = [seg for seg in segments if seg.speaker in (None, "caller")] or segments
+        judged = judge_transcript(caller)
+        transcript.variety, transcript.variety_confidence = judged.variety, judged.confidence
+        transcript.readable = judged.readable and bool(text)
         return Outcome(transcript, decoded, reports, timings)
 
     def process(self, source: str | os.PathLike | bytes, *, name: str | None = None,

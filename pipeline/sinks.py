@@ -90,6 +90,10 @@ class TicketEvent(BaseModel):
     ticket: dict[str, Any] = Field(repr=False)
     occurred_at: AwareDatetime
     cluster: dict[str, Any] | None = Field(None, description="cluster.updated only")
+    # false: the speech is in a variety the model cannot read, the transcript is not to
+    # be taken as what was said; a person must listen to the audio (audio_url)
+    readable: bool = True
+    audio_url: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -100,6 +104,11 @@ class TicketEvent(BaseModel):
             data.setdefault("event_id", f"{data.get('ticket_id')}:{revision}")
             data.setdefault("type", "ticket.created" if revision == 1 else "ticket.revised")
             data.setdefault("occurred_at", datetime.now(timezone.utc))
+            ticket = data.get("ticket")
+            if isinstance(ticket, dict):
+                data.setdefault("readable", bool(
+                    (ticket.get("transcript") or {}).get("readable", True)))
+                data.setdefault("audio_url", (ticket.get("audio") or {}).get("media_url"))
         return data
 
     @model_validator(mode="after")
@@ -206,6 +215,7 @@ class RedisStreamSink:
             "ticket_id": event.ticket_id,
             "revision": str(event.revision),
             "type": event.type,
+            "readable": "1" if event.readable else "0",
             "body": event.body(self.include_contact),
         }
         try:

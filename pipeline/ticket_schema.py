@@ -51,7 +51,8 @@ ParsedFrom = Literal["transcript", "form", "both"]
 KINDS: tuple[str, ...] = ("投诉", "咨询", "求助", "建议", "举报", "表扬")
 # T + UTC date-time of submission (sortable as a string) + 8 hex digits
 TICKET_ID_PATTERN = r"^T\d{8}-\d{6}-[0-9a-f]{8}$"
-FLAG_PATTERN = r"^[a-z][a-z0-9_]*$"
+# lower_snake_case codes, with an optional value: "dialect:wu"
+FLAG_PATTERN = r"^[a-z][a-z0-9_]*(:[a-z][a-z0-9_]*)?$"
 _FlagList = list[str]
 
 
@@ -142,6 +143,15 @@ class AudioRef(_Model):
     media_url: str | None = Field(None, description="where staff can fetch the original")
 
 
+class ModelRef(_Model):
+    name: str
+    version: str = ""
+
+
+Variety = Literal["mandarin", "cantonese", "wu", "min", "hakka", "southwestern", "other",
+                  "unknown"]
+
+
 class TicketSegment(_Model):
     start: float = Field(ge=0)
     end: float = Field(ge=0)
@@ -152,6 +162,13 @@ class TicketSegment(_Model):
     avg_logprob: float = Field(le=0)
     no_speech_prob: float = Field(ge=0, le=1)
     flags: _FlagList = Field(default_factory=list)
+    variety: Variety = Field("mandarin", description="the variety heard in this segment")
+    variety_confidence: float | None = Field(None, ge=0, le=1)
+    readable: bool = Field(True, description="false: the text is not a transcript of what "
+                           "was said (a dialect the model cannot read); a person must listen")
+    dialect_text: str | None = Field(
+        None, description="what was said, in the dialect's own characters, as a reviewer "
+        "wrote it (`text` then holds its meaning in standard written Mandarin)")
 
     @model_validator(mode="after")
     def _ordered(self) -> TicketSegment:
@@ -163,6 +180,13 @@ class TicketSegment(_Model):
 class TicketTranscript(_Model):
     text: str
     segments: list[TicketSegment] = Field(default_factory=list)
+    variety: Variety = Field("mandarin", description="the variety of the caller's speech")
+    variety_confidence: float | None = Field(None, ge=0, le=1)
+    readable: bool = Field(True, description="true only when the machine text can be "
+                           "relied on as a transcript of what was said")
+    variety_confirmed_by: str | None = Field(
+        None, description="the reviewer who confirmed the variety (null: as detected)")
+    detector: ModelRef | None = Field(None, description="the dialect detector that judged it")
 
 
 class Category(_Model):
@@ -258,11 +282,6 @@ class Review(_Model):
         if bad:
             raise ValueError(f"review flags are lower_snake_case codes: {bad}")
         return list(dict.fromkeys(v))
-
-
-class ModelRef(_Model):
-    name: str
-    version: str = ""
 
 
 class Ticket(_Model):

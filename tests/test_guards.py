@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from asr import guards
+from asr.dialect import RuleDetector
 from asr.rescore import LanguageTools
 from asr.transcriber import TranscribeOptions, Transcriber
 from asr.types import Segment
@@ -62,6 +63,7 @@ class ScriptedTranscriber(Transcriber):
         self.options = TranscribeOptions()
         self.model_name, self.model_version = "scripted", "0"
         self.language = LanguageTools()  # no LM: the guards alone
+        self.detector = RuleDetector()
         self.batched_text, self.sequential_text = batched_text, sequential_text
         self.seg_kwargs = seg_kwargs
         self.retries = 0
@@ -72,7 +74,8 @@ class ScriptedTranscriber(Transcriber):
                        **kwargs)
 
     def _batched(self, clips, opts):
-        return [[self._seg(self.batched_text, 0.0, len(c) / 16000)] for c in clips]
+        return ([[self._seg(self.batched_text, 0.0, len(c) / 16000)] for c in clips],
+                [None for _ in clips])
 
     def _sequential(self, clip, opts):
         self.retries += 1

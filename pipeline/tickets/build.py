@@ -38,7 +38,7 @@ from pipeline.tickets.common import _CLAUSE_END, _MEANINGFUL
 from pipeline.tickets.pii import mask_pii, mask_pii_segments
 from pipeline.tickets.places import parse_location
 from pipeline.tickets.rules import TicketRules, load_rules
-from pipeline.tickets.summary import _content_clauses, summarise
+from pipeline.tickets.summary import _content_clauses, summarise, unreadable_summary
 from pipeline.tickets.urgency import assess_urgency
 
 # --------------------------------------------------------------------------------------
@@ -90,6 +90,10 @@ class TicketContext(BaseModel):
 # --------------------------------------------------------------------------------------
 # The ticket
 # --------------------------------------------------------------------------------------
+
+
+def _unit(value: float | None) -> float | None:
+    return None if value is None else round(min(1.0, max(0.0, float(value))), 4)
 
 
 def _ticket_id(context: TicketContext, now: datetime) -> str:
@@ -193,9 +197,15 @@ def build_ticket(
             avg_logprob=min(0.0, s.avg_logprob),
             no_speech_prob=min(1.0, max(0.0, s.no_speech_prob)),
             flags=_asr_flags(s.flags, rules),
+            variety=getattr(s, "variety", "mandarin"),
+            variety_confidence=_unit(getattr(s, "variety_confidence", None)),
+            readable=getattr(s, "readable", True),
+            dialect_text=getattr(s, "dialect_text", None) or None,
         )
         for i, s in enumerate(segments)
     ]
+    readable = bool(getattr(transcript, "readable", True))
+    variety = getattr(transcript, "variety", "mandarin") or "mandarin"
 
     # -- what, how urgent, where -----------------------------------------------------------
     # nothing but "喂，你好，嗯" is as empty as silence
@@ -257,7 +267,7 @@ def build_ticket(
         possible=urgency_found.possible,
     )
 
-    summary = summarise(
+    summary = unreadable_summary(variety) if not readable else summarise(
         "" if empty else caller_text,
         rules,
         category=category if categorised else None,
@@ -271,6 +281,9 @@ def build_ticket(
     )
 
     # -- review flags ------------------------------------------------------------------------
+    if not readable:
+        # first: the machine text is not what was said; someone who speaks it must listen
+        flags.append(f"dialect:{variety}")
     if urgent:
         flags.append("urgent")
     if urgency_found.possible:
@@ -326,7 +339,13 @@ def build_ticket(
             sample_rate=context.sample_rate,
             media_url=context.media_url,
         ),
-        transcript=TicketTranscript(text=full_text, segments=ticket_segments),
+        transcript=TicketTranscript(
+            text=full_text, segments=ticket_segments, variety=variety,
+            variety_confidence=_unit(getattr(transcript, "variety_confidence", None)),
+            readable=readable,
+            variety_confirmed_by=getattr(transcript, "variety_confirmed_by", None),
+            detector=ModelRef(name=transcript.detector, version=transcript.detector_version)
+            if getattr(transcript, "detector", "") else None),
         language=language,
         dialect=transcript.dialect or "mandarin",
         kind=kind,

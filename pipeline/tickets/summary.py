@@ -292,3 +292,14 @@ def _parts(location: Location | None) -> list[str]:
     if location is None:
         return []
     return [p for p in (location.street, location.village, location.road, location.landmark) if p]
+
+
+def unreadable_summary(variety: str) -> str:
+    """诉求概要 of speech the model cannot read: what it is, and that a person must listen
+    (the machine text would be a summary of words nobody said)."""
+    from asr.dialect import LABELS
+
+    label = LABELS.get(variety, LABELS["unknown"])
+    if variety in ("unknown", "other"):
+        return "方言语音，待人工听写"
+    return f"方言语音（{label}），待人工听写"
