@@ -17,7 +17,12 @@ not train on: the group is the caller's phone number (hashed, never written) or,
 recording without one, the ticket. A group's side depends only on the hash and the
 fraction, so re-exporting with more data never moves a caller across.
 
-Skipped, with a count per reason: segments a reviewer discarded, empty texts, texts with
+Dialect speech: `text` is the Mandarin meaning a reviewer wrote, `dialect_text` what
+was said in the dialect's own characters, `variety` the variety (confirmed by the
+reviewer where `variety_confirmed`).
+
+Skipped, with a count per reason: segments a reviewer discarded, machine text of
+speech nobody transcribed (not readable), empty texts, texts with
 masked digits (``138****5678``: the words no longer match the audio), clips shorter
 than 0.3 s or longer than 30 s (Whisper's window), recordings whose audio is gone.
 """
@@ -61,6 +66,11 @@ class Clip:
     model: str  # name/version that wrote machine_text
     approved_by: str
     approved_at: str
+    # the variety heard (as confirmed by a reviewer, else as detected) and, for dialect
+    # speech, what was said in the dialect's own characters (`text` is its Mandarin)
+    variety: str = "mandarin"
+    variety_confirmed: bool = False
+    dialect_text: str | None = None
 
 
 @dataclass
@@ -74,6 +84,8 @@ class DataCard:
     callers: dict[str, int] = field(default_factory=dict)
     corrected_clips: int = 0
     by_dialect: dict[str, int] = field(default_factory=dict)
+    by_variety: dict[str, int] = field(default_factory=dict)
+    dialect_text_clips: int = 0
     by_source: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
 
@@ -93,6 +105,8 @@ def side(group: str, validation_fraction: float) -> str:
 def _skip_reason(seg: dict[str, Any]) -> str | None:
     if DISCARDED_FLAG in seg.get("flags", []):
         return "discarded"
+    if not seg.get("readable", True):
+        return "unreadable"  # dialect speech approved without a person's text
     text = seg["text"].strip()
     if not text:
         return "empty_text"
@@ -163,7 +177,11 @@ def export_corrections(store: Store, blobs: BlobStore, out: Path, *,
                 corrected=machine != seg["text"], machine_text=machine,
                 model=f"{doc['model']['name']}/{doc['model']['version']}".rstrip("/"),
                 approved_by=revision.author,
-                approved_at=revision.created_at.isoformat(timespec="seconds")))
+                approved_at=revision.created_at.isoformat(timespec="seconds"),
+                variety=seg.get("variety") if not doc["transcript"].get(
+                    "variety_confirmed_by") else doc["transcript"].get("variety", "mandarin"),
+                variety_confirmed=bool(doc["transcript"].get("variety_confirmed_by")),
+                dialect_text=seg.get("dialect_text")))
             written += 1
         if written:
             card.tickets += 1
@@ -177,6 +195,8 @@ def export_corrections(store: Store, blobs: BlobStore, out: Path, *,
     every = clips["train"] + clips["validation"]
     card.corrected_clips = sum(c.corrected for c in every)
     card.by_dialect = dict(Counter(c.dialect for c in every))
+    card.by_variety = dict(Counter(c.variety for c in every))
+    card.dialect_text_clips = sum(c.dialect_text is not None for c in every)
     card.by_source = dict(Counter(c.source for c in every))
     card.skipped = dict(skipped)
     tmp = out / ".data_card.json.tmp"

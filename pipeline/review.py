@@ -12,7 +12,13 @@ Rules a reviewer's text follows, the same as the machine's:
 - the transcript's text is the segments' texts joined, as the pipeline makes it;
 - a category is a code of the taxonomy; its label and department come from there;
 - marking a ticket urgent records the reviewer as the reason; marking it normal moves
-  the machine's reasons to `urgency.possible`, where a later reader still sees them.
+  the machine's reasons to `urgency.possible`, where a later reader still sees them;
+- dialect speech the model could not read: a dialect reviewer writes, per segment, what
+  was said in the dialect's own characters (`dialect_text`) and its meaning in standard
+  written Mandarin (`text`), and may confirm or correct the variety. A segment a person
+  wrote is readable; once every segment of the caller's speech is, the ticket's category,
+  kind, urgency, place and summary are built again from the Mandarin (fields the same
+  edit sets stay as the reviewer set them).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.store import Change
-from pipeline.ticket_schema import Category, Kind, Ticket, Urgency, UrgencyLevel
+from pipeline.ticket_schema import Category, Kind, Ticket, Urgency, UrgencyLevel, Variety
 from pipeline.tickets import TicketRules, load_rules, mask_pii
 
 MAX_SEGMENT_CHARS = 1000
@@ -56,6 +62,9 @@ class SegmentEdit(_Edit):
     text: str | None = Field(None, description="the corrected text (not empty)")
     discard: bool = Field(False, description="true: not speech (noise, a hallucination); "
                                              "its text becomes empty")
+    dialect_text: str | None = Field(
+        None, description="what was said in the dialect's own characters (then `text` is "
+        "its meaning in standard written Mandarin); empty removes it")
 
 
 class LocationEdit(_Edit):
@@ -72,6 +81,8 @@ class FieldEdits(_Edit):
     urgency: UrgencyLevel | None = None
     location: LocationEdit | None = None
     summary: str | None = Field(None, description=f"at most {MAX_SUMMARY_CHARS} characters")
+    variety: Variety | None = Field(None, description="the variety the reviewer heard "
+                                    "(confirms or corrects the detector's)")
 
 
 class TicketEdit(_Edit):
@@ -122,21 +133,46 @@ def apply_edit(ticket: Ticket, edit: TicketEdit, *, author: str, approve: bool =
                               f"segments.{i}")
         seen.add(i)
         seg = segments[i]
+        if seg_edit.dialect_text is not None and not seg_edit.discard:
+            said = _text(seg_edit.dialect_text, f"segment {i} dialect text",
+                         MAX_SEGMENT_CHARS, rules, allow_empty=True) or None
+            if said != seg.get("dialect_text"):
+                changes.append(Change("field", f"segments.{i}.dialect_text",
+                                      seg.get("dialect_text"), said))
+                seg["dialect_text"] = said
+                seg["readable"] = True  # a person wrote what was said
         if seg_edit.discard:
             new_text = ""
         elif seg_edit.text is None:
+            if seg_edit.dialect_text is not None:
+                continue  # the dialect text alone; the Mandarin stays
             raise ReviewError("empty_text", f"segment {i}: give text or discard",
                               f"segments.{i}")
         else:
             new_text = _text(seg_edit.text, f"segment {i}", MAX_SEGMENT_CHARS, rules)
         if new_text == seg["text"]:
             continue
+        seg["readable"] = True  # a person's text (or none: discarded) is relied on
         changes.append(Change("segment", str(i), seg["text"], new_text))
         seg["text"] = new_text
         flags = [f for f in seg["flags"] if f not in (CORRECTED_FLAG, DISCARDED_FLAG)]
         seg["flags"] = [*flags, DISCARDED_FLAG if seg_edit.discard else CORRECTED_FLAG]
     if any(c.target_kind == "segment" for c in changes):
         doc["transcript"]["text"] = "".join(s["text"] for s in segments)
+    transcript = doc["transcript"]
+    if edit.fields.variety is not None:
+        if edit.fields.variety != transcript.get("variety", "mandarin"):
+            changes.append(Change("field", "transcript.variety",
+                                  transcript.get("variety", "mandarin"), edit.fields.variety))
+        if edit.fields.variety != transcript.get("variety") or not transcript.get(
+                "variety_confirmed_by"):
+            transcript["variety"], transcript["variety_confirmed_by"] = (
+                edit.fields.variety, author)
+    was_readable = transcript.get("readable", True)
+    caller = [s for s in segments if s.get("speaker") in (None, "caller")] or segments
+    transcript["readable"] = all(s.get("readable", True) for s in caller)
+    if not was_readable and transcript["readable"]:
+        _rebuild_from_mandarin(doc, edit.fields, rules)
 
     fields = edit.fields
 
@@ -188,6 +224,42 @@ def apply_edit(ticket: Ticket, edit: TicketEdit, *, author: str, approve: bool =
     else:
         review["reviewed_by"] = review["reviewed_at"] = None
     return Ticket.model_validate(doc), changes
+
+
+def _rebuild_from_mandarin(doc: dict[str, Any], fields: FieldEdits, rules: TicketRules) -> None:
+    """The ticket built again from the reviewer's Mandarin: what the builder derives from
+    the text replaces what it derived from the unreadable machine text."""
+    from asr.types import Segment as AsrSegment
+    from asr.types import Transcript
+    from pipeline.tickets import TicketContext, build_ticket
+
+    segs = [AsrSegment(start=s["start"], end=s["end"], text=s["text"],
+                       channel=s.get("channel", 0), speaker=s.get("speaker"),
+                       variety=s.get("variety", "mandarin"), readable=True)
+            for s in doc["transcript"]["segments"]]
+    transcript = Transcript(text="".join(s.text for s in segs), segments=segs,
+                            language=doc.get("language", "zh"), language_probability=1.0,
+                            duration=float((doc.get("audio") or {}).get("duration_s") or 0),
+                            dialect=doc.get("dialect", "mandarin"))
+    audio = doc.get("audio") or {}
+    caller = next((s.get("channel", 0) for s in doc["transcript"]["segments"]
+                   if s.get("speaker") == "caller"), None)
+    old = doc.get("location") or {}
+    context = TicketContext(audio_sha256=audio.get("sha256"), source=doc["source"],
+                            address=old.get("submitted_address"), lat=old.get("lat"),
+                            lon=old.get("lon"), caller_channel=caller)
+    built = build_ticket(transcript, context, rules=rules).storage_dict()
+    for key in ("kind", "category", "urgency", "summary", "classifier"):
+        if getattr(fields, key, None) is None:
+            doc[key] = built[key]
+    if fields.location is None:
+        doc["location"] = built["location"]
+    review = doc["review"]
+    review["flags"] = [f for f in review["flags"] if not f.startswith("dialect:")]
+    review["flags"] += [f for f in built["review"]["flags"]
+                        if f not in review["flags"] and f in (
+                            "urgent", "possible_urgent", "no_location", "category_unsure",
+                            "uncategorised")]
 
 
 def char_diff(before: Any, after: Any) -> list[tuple[str, str]]:

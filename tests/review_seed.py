@@ -28,6 +28,10 @@ NOTES = {
     "gas": ("01_streetlight_heping_road.amr",
             [(0.0, 5.0, "楼道里闻到很大的煤气味", -0.3),
              (5.0, 10.0, "燃气泄漏了快来人", -0.9)]),
+    # Wu speech as Whisper base writes it: nothing of it can be relied on
+    "wu": ("01_streetlight_heping_road.amr",
+           [(0.0, 5.0, "家隔个机会奉奉响应隔一个老王弟", -1.1),
+            (5.0, 12.0, "已经洗他了夜到墨墨黑", -1.2)]),
     # a two-party call: (start, end, text, avg_logprob, channel)
     "call": ("07_hotline_call_manhole_8k_stereo.wav",
              [(0.2, 5.3, "您好这里是一二三四五热线请问有什么可以帮您", -0.3, 1),
@@ -52,6 +56,12 @@ def seed_ticket(store: Store, blobs: BlobStore, kind: str, *, n: int = 0,
     transcript = Transcript(text="".join(p[2] for p in parts), segments=segments,
                             language="zh", language_probability=0.99,
                             duration=parts[-1][1], model="whisper-base", model_version="1")
+    if kind == "wu":  # as the dialect detector judges it
+        for seg in segments:
+            seg.variety, seg.variety_confidence, seg.readable = "wu", 0.8, False
+        transcript.variety, transcript.variety_confidence, transcript.readable = "wu", 0.8, False
+        transcript.dialect, transcript.detector, transcript.detector_version = (
+            "pujiang_wu", "dialect-rules", "1")
     context = TicketContext(audio_sha256=sha, phone=phone, client_ref=job.client_ref,
                             ticket_id=job.planned_ticket_id, source="hotline" if call
                             else "voice_note", caller_channel=0 if call else None,

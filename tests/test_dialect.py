@@ -204,3 +204,57 @@ def test_dialect_train_command(tmp_path: Path) -> None:
     bad.write_text('{"audio": "nowhere.wav", "lang": "wu"}\n', encoding="utf-8")
     done = run("train", "--from", str(bad))
     assert done.returncode == 2 and "bad.jsonl:1" in done.stderr and "nowhere.wav" in done.stderr
+
+
+def test_a_dialect_reviewer_writes_what_was_said_and_its_meaning(tmp_path: Path) -> None:
+    """The Wu text and the Mandarin meaning per segment: the ticket is rebuilt from the
+    Mandarin, both go to corrections, and the export holds both with the variety."""
+    from pipeline.blobs import BlobStore
+    from pipeline.corrections import export_corrections
+    from pipeline.store import Store
+    from tests.review_seed import seed_ticket
+    from tests.test_corrections import read_splits, review
+
+    store = Store.from_url(f"sqlite:///{tmp_path / 'minyin.db'}", migrate=True)
+    blobs = BlobStore(tmp_path / "audio")
+    row = seed_ticket(store, blobs, "wu")
+    before = store.get_ticket_row(row.id)
+    assert before is not None
+    doc = before.document
+    assert doc["summary"] == "方言语音（吴语），待人工听写"
+    assert "dialect:wu" in doc["review"]["flags"]
+
+    # an approval without anyone's text: the machine's text is not training data
+    review(store, row.id, "approve")
+    out = tmp_path / "none"
+    card = export_corrections(store, blobs, out)
+    assert read_splits(out) == {"train": [], "validation": []}
+    assert card.skipped == {"unreadable": 2}
+
+    review(store, row.id, "approve", fields={"variety": "wu"}, segments=[
+        {"index": 0, "dialect_text": "我屋里门口个路灯", "text": "我家门口的路灯"},
+        {"index": 1, "dialect_text": "坏特一个礼拜了，夜到墨墨黑",
+         "text": "坏了一个星期了，晚上很黑，请尽快维修"}])
+    after = store.get_ticket_row(row.id)
+    assert after is not None
+    doc = after.document
+    t = doc["transcript"]
+    assert t["readable"] and t["variety"] == "wu" and t["variety_confirmed_by"] == "alice"
+    assert [s["dialect_text"] for s in t["segments"]] == ["我屋里门口个路灯",
+                                                         "坏特一个礼拜了，夜到墨墨黑"]
+    assert t["text"].startswith("我家门口的路灯")
+    # built again from the Mandarin
+    assert "路灯" in doc["summary"] and "待人工听写" not in doc["summary"]
+    assert "路灯" in doc["category"]["label"] or "照明" in "".join(doc["category"]["path"])
+    assert not any(f.startswith("dialect:") for f in doc["review"]["flags"])
+    entry = store.ticket_history(row.id)[0]
+    targets = {c.target for c in entry.corrections}
+    assert {"0", "1", "segments.0.dialect_text", "segments.1.dialect_text"} <= targets
+
+    out = tmp_path / "export"
+    card = export_corrections(store, blobs, out, validation_fraction=0.0)
+    clips = read_splits(out)["train"]
+    assert [c["dialect_text"] for c in clips] == ["我屋里门口个路灯", "坏特一个礼拜了，夜到墨墨黑"]
+    assert clips[1]["text"] == "坏了一个星期了，晚上很黑，请尽快维修"
+    assert all(c["variety"] == "wu" and c["variety_confirmed"] for c in clips)
+    assert card.by_variety == {"wu": 2} and card.dialect_text_clips == 2
