@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     beam_size: int = 5
     language: str = "zh"
     dialect: str = "mandarin"
+    # the deployment's dialect profiles (names or YAML paths, comma-separated): speech
+    # detected as one of their varieties gets a second pass with that profile unless
+    # the upload named a profile; empty: every upload uses its named or default profile
+    dialect_profiles: str = ""
     # the deployment's region, e.g. 浙江省金华市浦江县: its towns, villages and
     # communities join the gazetteer, and its default dialect profile is used when an
     # upload names none (unset: no region names, `dialect` as the default)

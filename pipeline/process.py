@@ -176,11 +176,31 @@ class VoicePipeline:
         """The detector for a job in `profile` (its variety is the likelier guess for
         speech that is not Mandarin), loaded once."""
         key = profile.variety
+        if key == "mandarin":
+            # one dialect in the deployment: speech that is not Mandarin is most likely it
+            others = {self.profile(n.strip()).variety
+                      for n in self.settings.dialect_profiles.split(",") if n.strip()}
+            others.discard("mandarin")
+            key = others.pop() if len(others) == 1 else key
         found = self._detectors.get(key)
         if found is None:
             found = make_detector(self._detector_spec, self.settings, expected=key)
             self._detectors[key] = found
         return found
+
+    def profile_for_variety(self, transcript: Transcript) -> str | None:
+        """The deployment's profile (MINYIN_DIALECT_PROFILES) for the variety detected,
+        where it is not the profile already used; None for none."""
+        names = [n.strip() for n in self.settings.dialect_profiles.split(",") if n.strip()]
+        if not names or transcript.variety in ("mandarin", "unknown", "other"):
+            return None
+        if transcript.variety_confidence < 0.5:
+            return None
+        for name in names:
+            profile = self.profile(name)
+            if profile.variety == transcript.variety:
+                return None if profile.name == transcript.dialect else name
+        return None
 
     def profile(self, name: str | None) -> DialectProfile:
         if self.settings.region:  # its default dialect, its towns and villages
@@ -263,6 +283,17 @@ class VoicePipeline:
         decoded = self.decode(source, name=name)
         t1 = time.perf_counter()
         outcome = self.transcribe(decoded, dialect=dialect, roles=roles)
+        chosen = None if dialect else self.profile_for_variety(outcome.transcript)
+        if chosen is not None:
+            # the detected variety picks the deployment's profile for it: a second pass
+            # with its prompt, lexicon, gazetteer (and the detector's guess for it)
+            log.info("%s: %s speech, second pass with profile %s", name or "audio",
+                     outcome.transcript.variety, chosen)
+            first = outcome
+            outcome = self.transcribe(decoded, dialect=chosen, roles=roles)
+            outcome.transcript.flags = sorted({*outcome.transcript.flags, "profile_auto"})
+            for key, value in first.timings.items():
+                outcome.timings[f"first_{key}"] = value
         outcome.sha256 = sha256 or content_sha256(source)
         outcome.timings["decode"] = round(t1 - t0, 4)
         outcome.timings["total"] = round(time.perf_counter() - t0, 4)

@@ -258,3 +258,20 @@ def test_a_dialect_reviewer_writes_what_was_said_and_its_meaning(tmp_path: Path)
     assert clips[1]["text"] == "坏了一个星期了，晚上很黑，请尽快维修"
     assert all(c["variety"] == "wu" and c["variety_confirmed"] for c in clips)
     assert card.by_variety == {"wu": 2} and card.dialect_text_clips == 2
+
+
+def test_the_detected_variety_picks_the_deployments_profile(pipeline) -> None:
+    from pipeline.config import Settings
+    from pipeline.process import VoicePipeline
+
+    pipe = VoicePipeline(Settings(dialect_profiles="mandarin,pujiang_wu"),
+                         transcriber=pipeline.transcriber)
+    wu = pipe.process(_wu_clip())
+    assert wu.transcript.dialect == "pujiang_wu" and "profile_auto" in wu.transcript.flags
+    assert wu.transcript.variety == "wu" and not wu.transcript.readable
+    # Mandarin speech keeps the default profile, in one pass
+    plain = pipe.process(SAMPLES / "01_streetlight_heping_road.amr")
+    assert plain.transcript.dialect == "mandarin" and "profile_auto" not in plain.transcript.flags
+    # an upload that names its profile is not second-guessed
+    named = pipe.process(_wu_clip(), dialect="mandarin")
+    assert named.transcript.dialect == "mandarin" and "profile_auto" not in named.transcript.flags
