@@ -7,6 +7,8 @@ const $ = (sel) => document.querySelector(sel);
 const PAGE = 20;
 const REFRESH_MS = 30000;
 const SPEAKERS = { caller: "来电人", agent: "话务员" };
+const VARIETY_LABELS = { mandarin: "普通话", cantonese: "粤语", wu: "吴语", min: "闽语",
+  hakka: "客家话", southwestern: "西南官话", other: "其他方言", unknown: "未知方言" };
 const STATUS = { new: "未处理", in_review: "复核中", reviewed: "已批准" };
 const SOURCE = { voice_note: "语音留言", hotline: "热线录音", message: "文字留言" };
 const URGENCY = { urgent: "紧急", normal: "一般" };
@@ -311,7 +313,8 @@ function renderHead(view) {
 function renderTicket(view, { reloadAudio = true } = {}) {
   const t = view.ticket;
   renderHead(view);
-  const flags = t.review.flags.map((f) => FLAG_LABELS[f] || f);
+  const flags = t.review.flags.map((f) => FLAG_LABELS[f] ||
+    (f.startsWith("dialect:") ? `方言：${VARIETY_LABELS[f.slice(8)] || f.slice(8)}，待人工听写` : f));
   $("#ticket-flags").replaceChildren(
     ...(t.urgency.level === "urgent" ? [el("span", { class: "tag urgent", text: `紧急：${t.urgency.reasons.join("；")}` }), " "] : []),
     ...flags.map((f) => el("span", { class: "tag", text: f })));
@@ -322,13 +325,33 @@ function renderTicket(view, { reloadAudio = true } = {}) {
   } else if (reloadAudio || !audio.hasAttribute("src")) { audio.src = view.audio_url; }
 
   const low = view.low_confidence_below;
+  // dialect speech the model could not read: its text is not shown as a transcript; a
+  // reviewer who speaks it writes what was said and what it means
+  const tr = t.transcript;
+  const variety = tr.variety || "mandarin";
+  const dialect = tr.readable === false || variety !== "mandarin" ||
+    tr.segments.some((s) => s.dialect_text);
+  $("#dialect-box").hidden = !dialect;
+  $("#variety").value = variety;
+  $("#dialect-note").textContent = tr.readable === false
+    ? `方言语音（${VARIETY_LABELS[variety] || variety}）：机器听写不可靠。请听录音，逐段写下方言原话和普通话意思；工单按普通话意思重新生成。`
+    : `方言：${VARIETY_LABELS[variety] || variety}${tr.variety_confirmed_by ? `（${tr.variety_confirmed_by} 已确认）` : "（自动识别）"}`;
   $("#segments").replaceChildren(...t.transcript.segments.map((s, i) => {
     const isLow = s.confidence < low && s.text !== "";
     const speaker = SPEAKERS[s.speaker] || s.speaker || (t.source === "hotline" ? "" : "市民");
-    const area = el("textarea", { class: "seg-text", rows: "2", "aria-label": `第 ${i + 1} 段文字`, "data-index": String(i) });
-    area.value = s.text;
+    const unreadable = s.readable === false;
+    const area = el("textarea", { class: "seg-text", rows: "2", "aria-label": `第 ${i + 1} 段${dialect ? "普通话意思" : "文字"}`, "data-index": String(i) });
+    area.value = unreadable ? "" : s.text;
+    if (dialect) area.placeholder = "普通话意思";
     area.addEventListener("input", () => { markSegment(i); updateDirty(); });
     area.addEventListener("focus", () => setCurrent(i, false));
+    let said = null;
+    if (dialect) {
+      said = el("textarea", { class: "seg-dialect", rows: "2", "aria-label": `第 ${i + 1} 段方言原话`, "data-index": String(i), placeholder: "方言原话（用方言字写下说了什么）" });
+      said.value = s.dialect_text || "";
+      said.addEventListener("input", () => { markSegment(i); updateDirty(); });
+      said.addEventListener("focus", () => setCurrent(i, false));
+    }
     const li = el("li", {
       class: `segment${isLow ? " low" : ""}`, "data-index": String(i),
       "data-start": String(s.start), "data-end": String(s.end),
@@ -339,8 +362,10 @@ function renderTicket(view, { reloadAudio = true } = {}) {
       speaker ? el("span", { class: "speaker", text: speaker }) : null,
       el("span", { class: `conf tag${isLow ? " low" : ""}`, text: isLow ? `⚠ 低置信度 ${pct(s.confidence)}` : `置信度 ${pct(s.confidence)}` }),
       s.flags.includes("corrected") ? el("span", { class: "tag", text: "已人工修改" }) : null,
-      s.flags.includes("discarded") ? el("span", { class: "tag", text: "已标记为非语音" }) : null),
-    area);
+      s.flags.includes("discarded") ? el("span", { class: "tag", text: "已标记为非语音" }) : null,
+      unreadable ? el("span", { class: "tag low", text: `${VARIETY_LABELS[s.variety] || "方言"}·待听写` }) : null),
+    unreadable && s.text ? el("p", { class: "machine-text", text: `机器听写（不可靠，仅供参考）：${s.text}` }) : null,
+    said, area);
     return li;
   }));
 
@@ -464,18 +489,33 @@ function onMergeCluster(ev) {
 function markSegment(i) {
   const s = state.view.ticket.transcript.segments[i];
   const li = $(`#segments li[data-index="${i}"]`);
-  li.classList.toggle("edited", li.querySelector("textarea").value.trim() !== s.text);
+  const said = li.querySelector("textarea.seg-dialect");
+  const meaning = li.querySelector("textarea.seg-text").value.trim();
+  li.classList.toggle("edited", (s.readable === false ? meaning !== "" : meaning !== s.text) ||
+    (said !== null && said.value.trim() !== (s.dialect_text || "")));
 }
 
 // what differs from the loaded revision, in the shape PATCH takes
 function collectEdit() {
   const t = state.view.ticket;
   const segments = [];
-  document.querySelectorAll("#segments textarea").forEach((area) => {
+  document.querySelectorAll("#segments textarea.seg-text").forEach((area) => {
     const i = Number(area.dataset.index);
-    if (area.value.trim() !== t.transcript.segments[i].text) segments.push({ index: i, text: area.value });
+    const s = t.transcript.segments[i];
+    const edit = { index: i };
+    const meaning = area.value.trim();
+    // an unreadable segment's box starts empty: empty is "not written yet", not a change
+    if (s.readable === false ? meaning !== "" : meaning !== s.text) edit.text = area.value;
+    const said = area.parentElement.querySelector("textarea.seg-dialect");
+    if (said && said.value.trim() !== (s.dialect_text || "")) edit.dialect_text = said.value;
+    if ("text" in edit || "dialect_text" in edit) segments.push(edit);
   });
   const fields = {};
+  const variety = $("#variety").value;
+  if (!$("#dialect-box").hidden && (variety !== (t.transcript.variety || "mandarin") ||
+      (segments.some((e) => "dialect_text" in e) && !t.transcript.variety_confirmed_by))) {
+    fields.variety = variety;
+  }
   if ($("#kind").value !== t.kind) fields.kind = $("#kind").value;
   if ($("#category").value !== t.category.code) fields.category = $("#category").value;
   if ($("#urgency").value !== t.urgency.level) fields.urgency = $("#urgency").value;
@@ -545,8 +585,11 @@ async function reloadLatest(mine) {
   renderTicket(view, { reloadAudio: false });
   if (mine) {
     for (const s of mine.segments) {
-      const area = $(`#segments textarea[data-index="${s.index}"]`);
-      if (area) { area.value = s.text; markSegment(s.index); }
+      const area = $(`#segments textarea.seg-text[data-index="${s.index}"]`);
+      const said = $(`#segments textarea.seg-dialect[data-index="${s.index}"]`);
+      if (area && "text" in s) area.value = s.text;
+      if (said && "dialect_text" in s) said.value = s.dialect_text;
+      if (area) markSegment(s.index);
     }
     const f = mine.fields;
     if (f.kind) $("#kind").value = f.kind;
@@ -558,6 +601,7 @@ async function reloadLatest(mine) {
       if ("street" in f.location) $("#location-street").value = f.location.street;
     }
     if (f.summary !== undefined) $("#summary").value = f.summary;
+    if (f.variety) $("#variety").value = f.variety;
     updateDirty();
     banner("ok", `已载入第 ${view.revision} 版并重新填入你的修改；请核对后保存。`);
   } else {
@@ -638,7 +682,7 @@ function setCurrent(i, focus) {
   if (i < 0 || i >= segs.length) return;
   state.current = i;
   segs.forEach((li, j) => li.classList.toggle("current", j === i));
-  if (focus) segs[i].querySelector("textarea").focus({ preventScroll: true });
+  if (focus) segs[i].querySelector("textarea").focus({ preventScroll: true });  // the dialect box first, where there is one
   segs[i].scrollIntoView({ block: "nearest" });
 }
 
@@ -739,6 +783,7 @@ async function start() {
   $("#merge-cluster").addEventListener("submit", onMergeCluster);
   $("#fields").addEventListener("input", () => { updateSummaryCount(); updateDirty(); });
   $("#fields").addEventListener("change", updateDirty);
+  $("#variety").addEventListener("change", updateDirty);
   $("#fields").addEventListener("submit", (e) => e.preventDefault());
   $("#rate").addEventListener("change", () => { $("#audio").playbackRate = Number($("#rate").value); });
   $("#audio").addEventListener("timeupdate", onTime);
