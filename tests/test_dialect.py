@@ -275,3 +275,28 @@ def test_the_detected_variety_picks_the_deployments_profile(pipeline) -> None:
     # an upload that names its profile is not second-guessed
     named = pipe.process(_wu_clip(), dialect="mandarin")
     assert named.transcript.dialect == "mandarin" and "profile_auto" not in named.transcript.flags
+
+
+def test_confirmed_varieties_are_training_data(tmp_path: Path) -> None:
+    """--from-store: the recordings whose variety a person settled (confirmed, or
+    approved as readable Mandarin); not the ones nobody looked at."""
+    from pipeline.blobs import BlobStore
+    from pipeline.dialect import confirmed_varieties, from_store
+    from pipeline.store import Store
+    from tests.review_seed import seed_ticket
+    from tests.test_corrections import review
+
+    store = Store.from_url(f"sqlite:///{tmp_path / 'minyin.db'}", migrate=True)
+    blobs = BlobStore(tmp_path / "audio")
+    wu = seed_ticket(store, blobs, "wu", n=0)
+    light = seed_ticket(store, blobs, "light", n=1, phone="13900002222")
+    seed_ticket(store, blobs, "rubbish", n=2, phone="13900003333")  # never reviewed
+    assert confirmed_varieties(store) == []
+    review(store, wu.id, "save", fields={"variety": "min"})  # saved: not yet settled
+    review(store, wu.id, "approve", fields={"variety": "wu"})
+    review(store, light.id, "approve")
+    found = {(tid, v) for tid, _sha, v in confirmed_varieties(store)}
+    assert found == {(wu.id, "wu"), (light.id, "mandarin")}
+    items = from_store(store, blobs)
+    assert {i.variety for i in items} == {"wu", "mandarin"}
+    assert all(i.audio.is_file() for i in items)
