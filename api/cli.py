@@ -553,6 +553,9 @@ def users_create(
                             ] = None,
     password_stdin: Annotated[bool, typer.Option(
         "--password-stdin", help="read the password from standard input (scripts)")] = False,
+    dialects: Annotated[str, typer.Option(
+        help="the varieties this person understands, comma-separated (mandarin, cantonese, "
+             "wu, min, hakka, southwestern, other, unknown); none: Mandarin only")] = "",
 ) -> None:
     """Create a staff user; asks for the password (stored as an argon2id hash)."""
     from api.auth import hash_password
@@ -562,10 +565,11 @@ def users_create(
         _fail(f"--role must be one of {', '.join(STAFF_ROLES)}")
     if not 1 <= len(username) <= 64 or any(ch.isspace() for ch in username):
         _fail("a username has 1 to 64 characters and no spaces")
+    spoken = _dialects(dialects)
     password = _read_password(password_stdin)
     try:
         row = _store().create_staff_user(username, hash_password(password), role=role,
-                                         display_name=display_name)
+                                         display_name=display_name, dialects=spoken)
     except ValueError as e:
         _fail(str(e))
     err.print(f"created {row.username} ({row.role})")
@@ -595,12 +599,36 @@ def users_disable(username: Annotated[str, typer.Argument()]) -> None:
     err.print(f"disabled {username}")
 
 
+def _dialects(value: str) -> list[str]:
+    from pipeline.store import parse_dialects
+
+    try:
+        return parse_dialects(value)
+    except ValueError as e:
+        _fail(f"--dialects: {e}")
+        raise  # not reached: _fail exits
+
+
+@users_app.command("dialects")
+def users_dialects(
+    username: Annotated[str, typer.Argument()],
+    dialects: Annotated[str, typer.Argument(
+        help="comma-separated varieties, replacing the old ones ('' : none declared)")],
+) -> None:
+    """Set the varieties a user understands (the review queue puts theirs first)."""
+    spoken = _dialects(dialects)
+    if not _store().update_staff_user(username, dialects=spoken):
+        _fail(f"no user {username}", 1)
+    err.print(f"{username} speaks {', '.join(spoken) or 'mandarin (none declared)'}")
+
+
 @users_app.command("list")
 def users_list() -> None:
-    """Staff users: name, role, display name, state."""
+    """Staff users: name, role, display name, state, dialects ('-': none declared)."""
     for row in _store().list_staff_users():
         state = "disabled " + row.disabled_at.isoformat() if row.disabled_at else "active"
-        print(f"{row.username}\t{row.role}\t{row.display_name}\t{state}")
+        spoken = ",".join(row.dialects or []) or "-"
+        print(f"{row.username}\t{row.role}\t{row.display_name}\t{state}\t{spoken}")
 
 
 @corrections_app.command("export")

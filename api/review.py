@@ -40,6 +40,7 @@ from pipeline.store import (
     RevisionConflict,
     Store,
     TicketRow,
+    spoken_dialects,
     utcnow,
 )
 from pipeline.ticket_schema import KINDS
@@ -47,6 +48,9 @@ from pipeline.tickets import load_rules
 
 router = APIRouter()
 staff = require("staff")
+# the queue's dialect filter: a variety (pipeline.store.STAFF_DIALECTS), or unreadable
+DialectFilter = Literal["mandarin", "cantonese", "wu", "min", "hakka", "southwestern",
+                        "other", "unknown", "unreadable"]
 
 FIELD_LABELS = {"kind": "类型", "category": "分类", "urgency": "紧急程度", "summary": "摘要",
                 "location.text": "地点", "location.province": "省", "location.city": "市",
@@ -68,6 +72,9 @@ class SessionUser(BaseModel):
     display_name: str
     role: Literal["staff", "admin"]
     kind: Literal["user", "key"]
+    dialects: list[str] = Field(default_factory=list, description=(
+        "the varieties this user declared (`minyin users create --dialects`); empty: "
+        "none declared, Mandarin only; the queue puts tickets in theirs first"))
 
 
 class SessionOut(BaseModel):
@@ -92,6 +99,9 @@ class QueueItem(BaseModel):
     revision: int
     updated_by: str | None
     review_flags: list[str]
+    variety: str = Field("mandarin", description="the caller's speech (transcript.variety)")
+    readable: bool = Field(True, description="false: the machine text is not a transcript "
+                                             "(a person who speaks the variety must listen)")
 
 
 class QueueOut(BaseModel):
@@ -162,6 +172,14 @@ class TaxonomyOut(BaseModel):
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _declared_dialects(request: Request, caller: Caller) -> list[str]:
+    """A signed-in user's declared varieties; a key declares none."""
+    if not caller.user:
+        return []
+    user = _store(request).get_staff_user(caller.name)
+    return list(user.dialects or []) if user is not None else []
 
 
 def _store(request: Request) -> Store:
@@ -257,7 +275,8 @@ def sign_in(request: Request, body: SignIn) -> JSONResponse:
         token, session = store.create_session(user_id=user.id, ttl=ttl)
         store.update_staff_user(user.username, last_login_at=utcnow())
         who = SessionUser(name=user.username, display_name=user.display_name,
-                          role=user.role, kind="user")  # type: ignore[arg-type]
+                          role=user.role, kind="user",  # type: ignore[arg-type]
+                          dialects=list(user.dialects or []))
     else:
         key = store.verify_api_key((body.api_key or "").strip())
         if key is None:
@@ -285,7 +304,8 @@ def current_session(request: Request,
                        "not a session cookie")
     return SessionOut(
         user=SessionUser(name=caller.name, display_name=caller.display_name or caller.name,
-                         role=caller.role, kind="user" if caller.user else "key"),  # type: ignore[arg-type]
+                         role=caller.role, kind="user" if caller.user else "key",  # type: ignore[arg-type]
+                         dialects=_declared_dialects(request, caller)),
         csrf_token=session.csrf_token, expires_at=session.expires_at)
 
 
@@ -316,10 +336,11 @@ def taxonomy(_: Annotated[Caller, Depends(require("submitter"))]) -> TaxonomyOut
 
 
 @router.get("/v1/review/queue", tags=["review"], response_model=QueueOut,
-            summary="Tickets for review: urgent first, then least confident, then oldest")
+            summary="Tickets for review: in the reviewer's dialects first, then urgent, "
+                    "then least confident, then oldest")
 def review_queue(
     request: Request,
-    _: Annotated[Caller, Depends(staff)],
+    caller: Annotated[Caller, Depends(staff)],
     status: Literal["waiting", "new", "in_review", "reviewed", "all"] = "waiting",
     category: Annotated[str | None, Query(max_length=64, description="code or prefix")] = None,
     urgency: Literal["normal", "urgent"] | None = None,
@@ -328,13 +349,21 @@ def review_queue(
     created_to: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 25,
     offset: Annotated[int, Query(ge=0)] = 0,
+    dialect: Annotated[DialectFilter | None, Query(
+        description="only tickets in this variety (one stored without it is mandarin), "
+                    "or `unreadable`: those whose machine text cannot be read")] = None,
 ) -> QueueOut:
+    """Before the rest of the order, for a signed-in user: tickets in a variety they
+    declared (other than Mandarin) first, then the readable ones, and last those not
+    readable in a variety they do not speak (a user with none declared speaks
+    Mandarin)."""
     require_time_zones(created_from=created_from, created_to=created_to)
     statuses = {"waiting": WAITING_STATUSES, "all": TICKET_STATUSES}.get(status, (status,))
     settings = _settings(request)
     page, counts = _store(request).review_queue(
         statuses=statuses, category=category, urgency=urgency, source=source,
-        created_from=created_from, created_to=created_to, limit=limit, offset=offset)
+        created_from=created_from, created_to=created_to, limit=limit, offset=offset,
+        dialect=dialect, speaks=spoken_dialects(_declared_dialects(request, caller)))
     items = []
     for row in page.items:
         doc = row.document
@@ -348,7 +377,8 @@ def review_queue(
                 if s["confidence"] < settings.review_confidence_below and s["text"]),
             duration_s=(doc.get("audio") or {}).get("duration_s"), summary=doc["summary"],
             status=row.status, revision=row.revision, updated_by=row.updated_by,
-            review_flags=doc["review"]["flags"]))
+            review_flags=doc["review"]["flags"],
+            variety=row.variety or "mandarin", readable=row.readable is not False))
     return QueueOut(items=items, total=page.total, counts=counts, limit=page.limit,
                     offset=page.offset, next_offset=page.next_offset)
 

@@ -55,10 +55,12 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    false,
     func,
     or_,
     select,
     text,
+    true,
     update,
 )
 from sqlalchemy.engine import make_url
@@ -81,6 +83,9 @@ JOB_QUEUES: tuple[str, ...] = ("voice", "batch")
 TICKET_STATUSES: tuple[str, ...] = ("new", "in_review", "reviewed")
 ROLES: tuple[str, ...] = ("submitter", "staff", "admin")
 STAFF_ROLES: tuple[str, ...] = ("staff", "admin")
+# the varieties a ticket's transcript.variety may name, and a staff user may speak
+STAFF_DIALECTS: tuple[str, ...] = ("mandarin", "cantonese", "wu", "min", "hakka",
+                                   "southwestern", "other", "unknown")
 # the review queue: what is still waiting for a person
 WAITING_STATUSES: tuple[str, ...] = ("new", "in_review")
 EVENT_TICKET_CREATED = "ticket.created"
@@ -261,6 +266,7 @@ class TicketRow(Base):
         Index("ix_tickets_category", "category_code"),
         Index("ix_tickets_review", "needs_review", "urgency", "created_at"),
         Index("ix_tickets_queue", "status", "urgency", "confidence"),
+        Index("ix_tickets_variety", "variety"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -286,6 +292,10 @@ class TicketRow(Base):
     updated_by: Mapped[str | None] = mapped_column(String(200))
     reviewed_by: Mapped[str | None] = mapped_column(String(200))
     reviewed_at: Mapped[datetime | None]
+    # the caller's speech (transcript.variety, STAFF_DIALECTS) and whether the machine
+    # text can be read; NULL (stored before 0009 without them): mandarin, readable
+    variety: Mapped[str | None] = mapped_column(String(16))
+    readable: Mapped[bool | None] = mapped_column(Boolean)
 
     __mapper_args__: ClassVar[dict[str, Any]] = {"version_id_col": revision}
 
@@ -385,6 +395,9 @@ class StaffUser(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_login_at: Mapped[datetime | None]
     disabled_at: Mapped[datetime | None]
+    # the varieties (STAFF_DIALECTS) this person understands, exactly as declared;
+    # none declared: Mandarin only (`spoken_dialects`)
+    dialects: Mapped[list[Any]] = mapped_column(default=list)
 
 
 class StaffSession(Base):
@@ -1143,16 +1156,38 @@ class Store:
                      category: str | None = None, urgency: str | None = None,
                      source: str | None = None, created_from: datetime | None = None,
                      created_to: datetime | None = None, limit: int = 50,
-                     offset: int = 0) -> tuple[TicketPage, dict[str, int]]:
+                     offset: int = 0, dialect: str | None = None,
+                     speaks: Sequence[str] | None = None) -> tuple[TicketPage, dict[str, int]]:
         """(page, counts): tickets for people, urgent first, then least confident,
         then oldest (id breaks ties, so pages never overlap). `counts` are per status
-        plus `urgent` (waiting and urgent), under every filter but the status."""
+        plus `urgent` (waiting and urgent), under every filter but the status.
+
+        `dialect`: only tickets of that variety (a NULL variety is Mandarin), or
+        ``unreadable``: only those whose machine text cannot be read. `speaks`: the
+        reviewer's varieties (`spoken_dialects`); before everything else, tickets in a
+        variety they speak other than Mandarin come first, then the readable ones and
+        those in Mandarin they speak, and last those not readable in a variety they
+        do not speak."""
         _check_page(limit, offset)
         others = _ticket_filters(statuses=None, category=category, urgency=urgency,
                                  source=source, created_from=created_from,
                                  created_to=created_to)
+        variety = func.coalesce(TicketRow.variety, "mandarin")
+        readable = func.coalesce(TicketRow.readable, true())
+        if dialect == "unreadable":
+            others.append(readable == false())
+        elif dialect is not None:
+            if dialect not in STAFF_DIALECTS:
+                raise ValueError(f"unknown dialect {dialect!r}")
+            others.append(variety == dialect)
         where = [*others, TicketRow.status.in_(list(statuses))] if statuses else others
-        order = (case((TicketRow.urgency == "urgent", 0), else_=1),
+        spoken = list(speaks) if speaks is not None else ["mandarin"]
+        own = [v for v in spoken if v != "mandarin"]
+        routing = case(
+            *([(variety.in_(own), 0)] if own else []),
+            (or_(variety.in_(spoken), readable == true()), 1),
+            else_=2)
+        order = (routing, case((TicketRow.urgency == "urgent", 0), else_=1),
                  func.coalesce(TicketRow.confidence, 1.0).asc(),
                  TicketRow.created_at.asc(), TicketRow.id.asc())
         with self.session() as s:
@@ -1218,6 +1253,7 @@ class Store:
                 row.urgency = after.urgency.level
                 row.needs_review = after.review.needed
                 row.confidence = ticket_confidence(after)
+                row.variety, row.readable = document_variety(document)
                 row.status = "reviewed" if action == "approve" else "in_review"
                 row.updated_at = now
                 row.updated_by = author
@@ -1316,12 +1352,15 @@ class Store:
     # -- staff users and sessions --------------------------------------------------------
 
     def create_staff_user(self, username: str, password_hash: str, *, role: str = "staff",
-                          display_name: str | None = None) -> StaffUser:
+                          display_name: str | None = None,
+                          dialects: Sequence[str] = ()) -> StaffUser:
         if role not in STAFF_ROLES:
             raise ValueError(f"role must be one of {STAFF_ROLES}")
+        _check_dialects(dialects)
         row = StaffUser(id="U" + secrets.token_hex(8), username=username,
                         display_name=display_name or username, role=role,
-                        password_hash=password_hash, created_at=utcnow())
+                        password_hash=password_hash, created_at=utcnow(),
+                        dialects=list(dialects))
         try:
             with self.session() as s:
                 s.add(row)
@@ -1338,10 +1377,15 @@ class Store:
             return list(s.scalars(select(StaffUser).order_by(StaffUser.username)))
 
     def update_staff_user(self, username: str, **values: Any) -> bool:
-        """Set columns (password_hash, role, display_name, disabled_at, last_login_at)."""
-        allowed = {"password_hash", "role", "display_name", "disabled_at", "last_login_at"}
+        """Set columns (password_hash, role, display_name, disabled_at, last_login_at,
+        dialects)."""
+        allowed = {"password_hash", "role", "display_name", "disabled_at", "last_login_at",
+                   "dialects"}
         if set(values) - allowed:
             raise ValueError(f"only {sorted(allowed)} may change")
+        if "dialects" in values:
+            _check_dialects(values["dialects"])
+            values["dialects"] = list(values["dialects"])
         with self.session() as s:
             result = s.execute(update(StaffUser).where(StaffUser.username == username)
                                .values(**values).execution_options(synchronize_session=False))
@@ -1475,9 +1519,46 @@ def _ticket_filters(*, statuses: Sequence[str] | None, category: str | None,
     return conditions
 
 
+def document_variety(document: dict[str, Any]) -> tuple[str, bool]:
+    """(variety, readable) of a stored ticket document; documents from before dialect
+    detection have neither: Mandarin, readable."""
+    transcript = document.get("transcript") or {}
+    variety = transcript.get("variety") or "mandarin"
+    readable = transcript.get("readable")
+    return variety, True if readable is None else bool(readable)
+
+
+def _check_dialects(dialects: Sequence[str]) -> None:
+    unknown = [d for d in dialects if d not in STAFF_DIALECTS]
+    if unknown:
+        raise ValueError(f"unknown dialect {unknown[0]!r}; known: {', '.join(STAFF_DIALECTS)}")
+
+
+def spoken_dialects(declared: Sequence[str] | None) -> list[str]:
+    """What a staff user speaks: the dialects declared, or Mandarin when none are."""
+    return list(declared) if declared else ["mandarin"]
+
+
+def parse_dialects(value: str) -> list[str]:
+    """'wu,mandarin' as a list of STAFF_DIALECTS (order kept, repeats dropped);
+    ValueError naming the first unknown name. An empty string: none declared."""
+    out: list[str] = []
+    for name in (part.strip().lower() for part in value.split(",")):
+        if not name:
+            continue
+        if name not in STAFF_DIALECTS:
+            raise ValueError(f"unknown dialect {name!r}; known: {', '.join(STAFF_DIALECTS)}")
+        if name not in out:
+            out.append(name)
+    return out
+
+
 def _ticket_row(ticket: Ticket, job_id: str | None, now: datetime) -> TicketRow:
+    document = ticket.storage_dict()
+    variety, readable = document_variety(document)
     return TicketRow(
-        id=ticket.id, job_id=job_id, document=ticket.storage_dict(), status="new",
+        id=ticket.id, job_id=job_id, document=document, status="new",
+        variety=variety, readable=readable,
         category_code=ticket.category.code, kind=ticket.kind, urgency=ticket.urgency.level,
         needs_review=ticket.review.needed, source=ticket.source, dialect=ticket.dialect,
         model_name=ticket.model.name, model_version=ticket.model.version,

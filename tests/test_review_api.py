@@ -92,7 +92,7 @@ def test_sign_in_sets_a_strict_httponly_cookie(env: dict[str, Any]) -> None:
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["user"] == {"name": "alice", "display_name": "王丽", "role": "staff",
-                            "kind": "user"}
+                            "kind": "user", "dialects": []}
     cookie = r.headers["set-cookie"]
     assert cookie.startswith("minyin_session=")
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie

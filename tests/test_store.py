@@ -164,7 +164,7 @@ def test_migrations_from_empty_match_the_models(empty_url: str) -> None:
             names = set(inspect(conn).get_table_names())
             assert set(TABLES) | {"alembic_version"} <= names
             version = conn.scalar(text("SELECT version_num FROM alembic_version"))
-            assert version == "0008_repeats_clusters"
+            assert version == "0009_dialect_routing"
             context = MigrationContext.configure(conn, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []
             indexes = {ix["name"]: ix for ix in inspect(conn).get_indexes("jobs")}

@@ -26,7 +26,7 @@ const REPEAT_ACTIONS = {
 
 const state = {
   csrf: null, user: null, taxonomy: null,
-  filters: { status: "waiting", category: "", urgency: "", source: "", from: "", to: "" },
+  filters: { status: "waiting", category: "", urgency: "", source: "", dialect: "", from: "", to: "" },
   offset: 0, queue: null, ticketId: null, view: null, stopAt: null, current: -1,
   busy: false,
 };
@@ -132,7 +132,9 @@ function showSignIn(message) {
 
 async function signedIn(session) {
   state.csrf = session.csrf_token; state.user = session.user;
-  $("#who").textContent = `${session.user.display_name}（${session.user.role === "admin" ? "管理员" : "复核员"}）`;
+  const speaks = (session.user.dialects || []).map((d) => VARIETY_LABELS[d] || d).join("、");
+  $("#who").textContent = `${session.user.display_name}（${session.user.role === "admin" ? "管理员" : "复核员"}` +
+    `${speaks ? ` · ${speaks}` : ""}）`;
   $("#sign-out").hidden = false; $("#signin").hidden = true; $("#workspace").hidden = false;
   if (!state.taxonomy) await loadTaxonomy();
   const open = readHash();
@@ -190,6 +192,7 @@ function syncFilterInputs() {
   const f = state.filters;
   $("#f-status").value = f.status; $("#f-category").value = f.category;
   $("#f-urgency").value = f.urgency; $("#f-source").value = f.source;
+  $("#f-dialect").value = f.dialect;
   $("#f-from").value = f.from; $("#f-to").value = f.to;
 }
 
@@ -197,6 +200,7 @@ function onFilter() {
   const f = state.filters;
   f.status = $("#f-status").value; f.category = $("#f-category").value;
   f.urgency = $("#f-urgency").value; f.source = $("#f-source").value;
+  f.dialect = $("#f-dialect").value;
   f.from = $("#f-from").value; f.to = $("#f-to").value;
   state.offset = 0;
   writeHash();
@@ -209,6 +213,7 @@ async function loadQueue({ quiet = false } = {}) {
   if (f.category) q.set("category", f.category);
   if (f.urgency) q.set("urgency", f.urgency);
   if (f.source) q.set("source", f.source);
+  if (f.dialect) q.set("dialect", f.dialect);
   if (f.from) q.set("created_from", localDay(f.from));
   if (f.to) q.set("created_to", localDay(f.to, 1));
   let data;
@@ -246,6 +251,10 @@ function renderQueue() {
       t.urgency === "urgent" ? el("span", { class: "tag urgent", text: "紧急" }) : null,
       el("span", { class: `tag status-${t.status}`, text: STATUS[t.status] }),
       el("span", { class: "tag", text: t.category.label }),
+      t.readable === false
+        ? el("span", { class: "tag low dialect", text: `${VARIETY_LABELS[t.variety] || "方言"}·待听写` })
+        : (t.variety && t.variety !== "mandarin"
+          ? el("span", { class: "tag dialect", text: VARIETY_LABELS[t.variety] || t.variety }) : null),
       t.low_confidence_segments ? el("span", { class: "tag low", text: `⚠ ${t.low_confidence_segments} 段低置信度` }) : null),
     el("span", { class: "summary", text: t.summary }),
     el("span", { class: "meta", text: `${when(t.created_at)} · ${SOURCE[t.source] || t.source}` +
