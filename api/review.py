@@ -356,14 +356,17 @@ def review_queue(
     """Before the rest of the order, for a signed-in user: tickets in a variety they
     declared (other than Mandarin) first, then the readable ones, and last those not
     readable in a variety they do not speak (a user with none declared speaks
-    Mandarin)."""
+    Mandarin). A ticket whose machine text cannot be read, in a variety another
+    enabled user speaks, is left out of this user's queue unless `dialect` asks for
+    it; a key's queue lists everything."""
     require_time_zones(created_from=created_from, created_to=created_to)
     statuses = {"waiting": WAITING_STATUSES, "all": TICKET_STATUSES}.get(status, (status,))
     settings = _settings(request)
     page, counts = _store(request).review_queue(
         statuses=statuses, category=category, urgency=urgency, source=source,
         created_from=created_from, created_to=created_to, limit=limit, offset=offset,
-        dialect=dialect, speaks=spoken_dialects(_declared_dialects(request, caller)))
+        dialect=dialect, speaks=spoken_dialects(_declared_dialects(request, caller)),
+        route=bool(caller.user))
     items = []
     for row in page.items:
         doc = row.document

@@ -1157,7 +1157,8 @@ class Store:
                      source: str | None = None, created_from: datetime | None = None,
                      created_to: datetime | None = None, limit: int = 50,
                      offset: int = 0, dialect: str | None = None,
-                     speaks: Sequence[str] | None = None) -> tuple[TicketPage, dict[str, int]]:
+                     speaks: Sequence[str] | None = None,
+                     route: bool = False) -> tuple[TicketPage, dict[str, int]]:
         """(page, counts): tickets for people, urgent first, then least confident,
         then oldest (id breaks ties, so pages never overlap). `counts` are per status
         plus `urgent` (waiting and urgent), under every filter but the status.
@@ -1167,7 +1168,13 @@ class Store:
         reviewer's varieties (`spoken_dialects`); before everything else, tickets in a
         variety they speak other than Mandarin come first, then the readable ones and
         those in Mandarin they speak, and last those not readable in a variety they
-        do not speak."""
+        do not speak.
+
+        `route` (a signed-in person's queue, no `dialect` asked for): a ticket whose
+        machine text cannot be read, in a variety some enabled staff user speaks, goes
+        to those people only; nobody else's queue lists it (an explicit `dialect`
+        filter still does). One in a variety nobody declared stays in everyone's
+        queue, last, so it is never out of sight."""
         _check_page(limit, offset)
         others = _ticket_filters(statuses=None, category=category, urgency=urgency,
                                  source=source, created_from=created_from,
@@ -1180,9 +1187,13 @@ class Store:
             if dialect not in STAFF_DIALECTS:
                 raise ValueError(f"unknown dialect {dialect!r}")
             others.append(variety == dialect)
-        where = [*others, TicketRow.status.in_(list(statuses))] if statuses else others
         spoken = list(speaks) if speaks is not None else ["mandarin"]
         own = [v for v in spoken if v != "mandarin"]
+        if route and dialect is None:
+            elsewhere = sorted(self.covered_dialects() - set(spoken))
+            if elsewhere:
+                others.append(or_(readable == true(), variety.not_in(elsewhere)))
+        where = [*others, TicketRow.status.in_(list(statuses))] if statuses else others
         routing = case(
             *([(variety.in_(own), 0)] if own else []),
             (or_(variety.in_(spoken), readable == true()), 1),
@@ -1367,6 +1378,15 @@ class Store:
         except IntegrityError:
             raise ValueError(f"a user named {username!r} already exists") from None
         return row
+
+    def covered_dialects(self) -> set[str]:
+        """The varieties other than Mandarin that at least one enabled staff user
+        declared: where an unreadable ticket has someone to go to."""
+        with self.session() as s:
+            declared = s.scalars(select(StaffUser.dialects)
+                                 .where(StaffUser.disabled_at.is_(None)))
+            return {d for ds in declared for d in (ds or [])
+                    if d not in ("mandarin", "other", "unknown")}
 
     def get_staff_user(self, username: str) -> StaffUser | None:
         with self.session() as s:

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from api.app import create_app
 from api.auth import hash_password
 from pipeline.blobs import BlobStore
-from pipeline.store import Store, TicketRow, parse_dialects, spoken_dialects, upgrade
+from pipeline.store import Store, TicketRow, parse_dialects, spoken_dialects, upgrade, utcnow
 from tests.review_seed import seed_ticket
 from tests.test_review_api import NullDispatcher, make_settings
 from tests.test_store import _postgres_schema_url
@@ -161,15 +161,28 @@ def test_a_wu_speaker_gets_the_wu_note_first(env: dict[str, Any]) -> None:
     assert (items[2]["variety"], items[2]["readable"]) == ("mandarin", True)  # old document
 
 
-def test_others_get_it_last_but_still_get_it(env: dict[str, Any]) -> None:
-    ordinary = [env["gas"], env["old"], env["wu"]]  # urgent first; the Wu note after all
-    assert [t["id"] for t in queue(env["client"], "zhao")] == ordinary
+def test_it_goes_to_those_who_speak_it(env: dict[str, Any]) -> None:
+    """Wangli speaks Wu, so the Wu note is in her queue only; a key (an integration,
+    not a person) still lists everything, the Wu note last."""
+    mandarin = [env["gas"], env["old"]]  # urgent first
+    assert [t["id"] for t in queue(env["client"], "zhao")] == mandarin
     # a Cantonese speaker (no Mandarin declared) still reads the readable ones
-    assert [t["id"] for t in queue(env["client"], "chen")] == ordinary
-    # a key speaks nothing declared either
+    assert [t["id"] for t in queue(env["client"], "chen")] == mandarin
     r = env["client"].get("/v1/review/queue",
                           headers={"Authorization": f"Bearer {env['key']}"})
-    assert [t["id"] for t in r.json()["items"]] == ordinary
+    assert [t["id"] for t in r.json()["items"]] == [*mandarin, env["wu"]]
+
+
+def test_with_nobody_to_go_to_everyone_gets_it_last(env: dict[str, Any]) -> None:
+    store: Store = env["store"]
+    store.update_staff_user("wangli", disabled_at=utcnow())
+    try:
+        assert store.covered_dialects() == {"cantonese"}
+        everything = [env["gas"], env["old"], env["wu"]]
+        assert [t["id"] for t in queue(env["client"], "zhao")] == everything
+        assert [t["id"] for t in queue(env["client"], "chen")] == everything
+    finally:
+        store.update_staff_user("wangli", disabled_at=None)
 
 
 def test_the_dialect_filter(env: dict[str, Any]) -> None:

@@ -35,6 +35,9 @@ class Scripted:
     def use_lm(self, spec: str | None) -> bool:
         return bool(self.real.use_lm(spec))
 
+    def use_detector(self, spec: str) -> bool:
+        return bool(self.real.use_detector(spec))
+
 
 @pytest.fixture
 def ctx(tmp_path: Path, pipeline: Any) -> JobContext:
