@@ -688,10 +688,26 @@ def finetune(
         help="adapt the decoder only (about 3x faster on a CPU)")] = False,
     cross_attention: Annotated[bool, typer.Option(
         help="LoRA on the decoder's cross-attention too (how it reads the audio)")] = True,
-    merge_scale: Annotated[float, typer.Option(
-        min=0.01, max=1.0, help="share of the learned change merged into the model "
-        "(WiSE-FT; below 1 keeps more of the base's general ear). Resume a finished run "
-        "with another value to merge it again without training")] = 1.0,
+    merge_scale: Annotated[str, typer.Option(
+        help="share of the learned change merged into the model (WiSE-FT; below 1 keeps "
+        "more of the base's general ear), or auto: with --dev, each of --merge-scales is "
+        "measured and the largest validation gain that keeps --dev within 0.5 point of "
+        "the base is kept (without --dev: 1). Resume a finished run with another value "
+        "to merge it again without training")] = "auto",
+    merge_scales: Annotated[str, typer.Option(
+        help="the scales --merge-scale auto measures, comma-separated")] = "0.25,0.5,0.75,1",
+    dev: Annotated[Path | None, typer.Option(
+        help="a real-speech development manifest the merge scale is chosen on")] = None,
+    replay: Annotated[Path | None, typer.Option(
+        help="general speech to replay, lines with audio (default: the dataset's "
+             "replay.jsonl when it has one); the base's own transcripts are the targets")
+    ] = None,
+    replay_share: Annotated[float, typer.Option(
+        min=0.0, max=0.9, help="share of each batch taken from the replay clips")] = 0.25,
+    kl_weight: Annotated[float, typer.Option(
+        min=0.0, help="weight of the KL term to the base's token distribution on replay "
+                      "clips (0: no distillation)")] = 1.0,
+    kl_temperature: Annotated[float, typer.Option(min=0.1)] = 1.0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     threads: Annotated[int, typer.Option(help="torch CPU threads (0: all)")] = 0,
     save_steps: Annotated[int, typer.Option(min=1, help="checkpoint every N steps")] = 50,
@@ -725,17 +741,36 @@ def finetune(
     if not out.is_absolute() and out.parts[:1] != (settings.models_dir.name,) \
             and len(out.parts) == 2:
         out = settings.models_dir / out  # NAME/VERSION: under the models directory
+    scales: list[float] | None = None
+    try:
+        if merge_scale == "auto":
+            scale = 1.0
+            scales = [float(x) for x in merge_scales.split(",") if x.strip()] if dev else None
+            if not dev:
+                err.print("note: --merge-scale auto without --dev merges the whole change "
+                          "(1); give a real-speech --dev manifest to choose it")
+        else:
+            scale = float(merge_scale)
+    except ValueError:
+        _fail(f"--merge-scale {merge_scale!r} / --merge-scales {merge_scales!r}: numbers "
+              "in (0, 1], or auto")
+    if not 0 < scale <= 1 or any(not 0 < x <= 1 for x in scales or ()):
+        _fail(f"--merge-scale {merge_scale!r} / --merge-scales {merge_scales!r}: numbers "
+              "in (0, 1], or auto")
     config = TrainConfig(method=method, epochs=epochs, max_steps=max_steps,  # type: ignore[arg-type]
                          batch_size=batch_size, grad_accum=grad_accum,
                          learning_rate=learning_rate, lora_r=lora_r, lora_alpha=lora_alpha,
                          encoder=not decoder_only, language=settings.language,
                          device=device, threads=threads, save_steps=save_steps,
-                         cross_attention=cross_attention, merge_scale=merge_scale)  # type: ignore[arg-type]
+                         cross_attention=cross_attention, merge_scale=scale,
+                         replay_share=replay_share, kl_weight=kl_weight,
+                         kl_temperature=kl_temperature)  # type: ignore[arg-type]
     try:
         # the Trainer writes its loss lines to stdout; stdout is for the card alone
         with contextlib.redirect_stdout(sys.stderr):
             card = run_finetune(data, base, out, settings, config, regression=regression,
                                 work=work, resume=not restart, overwrite=overwrite,
+                                dev=dev, replay=replay, merge_scales=scales,
                                 say=lambda line: err.print(line, highlight=False,
                                                            markup=False))
     except (FinetuneError, ModelError) as e:

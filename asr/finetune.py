@@ -13,6 +13,13 @@ Each example is trained the way the workers decode: ``<|startoftranscript|><|lan
 timestamps), after ``<|startofprev|>`` and the profile's initial prompt when it has
 one. The loss covers the text and ``<|endoftext|>`` only.
 
+Learning without forgetting: examples marked ``replay`` are general speech the base
+already handles, with the base's own transcript as the target (no human text needed).
+Each batch holds a fixed share of them (`TrainConfig.replay_share`), and on them the
+loss adds ``kl_weight`` times the KL divergence from the base model's token
+distribution to the model's (`distillation_kl`): the base itself is the teacher (LoRA's
+adapters switched off, or a frozen copy for a full fine-tune).
+
 Needs the ``finetune`` extra (torch, transformers, peft); imported only by that command.
 """
 
@@ -47,6 +54,9 @@ class Example:
     audio: Path  # 16 kHz mono speech, at most 30 s
     text: str
     prompt: str | None = None  # the dialect profile's initial prompt, if any
+    # general speech with the base model's own transcript as `text`: replayed so the
+    # model keeps what it could already do, and distilled towards the base on it
+    replay: bool = False
 
 
 @dataclass
@@ -76,6 +86,12 @@ class TrainConfig:
     # more of the base's ear for speech unlike the training data. Applied after
     # training, so a finished run can be merged again at another scale by resuming it.
     merge_scale: float = 1.0
+    # the share of each batch taken from the replay examples (when there are any)
+    replay_share: float = 0.25
+    # the weight of the KL term to the base's token distribution on replay examples;
+    # 0 turns distillation off (replay then trains on the pseudo-labels alone)
+    kl_weight: float = 1.0
+    kl_temperature: float = 1.0
 
     @property
     def lr(self) -> float:
@@ -168,7 +184,8 @@ class _Clips:
         feats = self.features(audio, sampling_rate=SAMPLE_RATE,
                               return_tensors="np").input_features[0]
         inputs, labels = self.encoded[i]
-        return {"input_features": feats, "decoder_input_ids": inputs, "labels": labels}
+        return {"input_features": feats, "decoder_input_ids": inputs, "labels": labels,
+                "replay": self.examples[i].replay}
 
 
 def _collate(pad_id: int) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
@@ -182,8 +199,118 @@ def _collate(pad_id: int) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
         labels = [b["labels"] + [-100] * (width - len(b["labels"])) for b in batch]
         return {"input_features": torch.from_numpy(np.stack([b["input_features"]
                                                              for b in batch])),
-                "decoder_input_ids": torch.tensor(inputs), "labels": torch.tensor(labels)}
+                "decoder_input_ids": torch.tensor(inputs), "labels": torch.tensor(labels),
+                "replay": torch.tensor([bool(b.get("replay")) for b in batch])}
     return collate
+
+
+def replay_per_batch(batch_size: int, share: float) -> int:
+    """How many of a batch's rows are replay examples: at least one when replay is on,
+    never the whole batch."""
+    if share <= 0 or batch_size < 2:
+        return 0
+    return min(batch_size - 1, max(1, round(batch_size * share)))
+
+
+def mixed_batches(n_train: int, n_replay: int, batch_size: int, share: float,
+                  rng: np.random.Generator) -> list[list[int]]:
+    """One epoch of batches over ``n_train`` examples (indices ``0..n_train-1``), each
+    with `replay_per_batch` replay examples (indices ``n_train..``) drawn without
+    replacement, reshuffled when used up. Every batch is full: the last one wraps
+    round to the epoch's first training examples."""
+    k = replay_per_batch(batch_size, share) if n_replay else 0
+    m = batch_size - k
+    order = [int(i) for i in rng.permutation(n_train)]
+    pool: list[int] = []
+    batches = []
+    for start in range(0, n_train, m):
+        rows = order[start:start + m]
+        rows += order[:m - len(rows)]  # wrap round: every batch has the same mix
+        for _ in range(k):
+            if not pool:
+                pool = [n_train + int(i) for i in rng.permutation(n_replay)]
+            rows.append(pool.pop())
+        batches.append(rows)
+    return batches
+
+
+class _MixedSampler:
+    """A torch sampler yielding `mixed_batches` flattened, batch after batch; each pass
+    (epoch) is shuffled anew."""
+
+    def __init__(self, n_train: int, n_replay: int, batch_size: int, share: float,
+                 seed: int) -> None:
+        self.args = (n_train, n_replay, batch_size, share)
+        self.seed, self.epoch = seed, 0
+        self.length = len(mixed_batches(*self.args, np.random.default_rng(seed))) * batch_size
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.epoch += 1
+        for batch in mixed_batches(*self.args, rng):
+            yield from batch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+def distillation_kl(student_logits: Any, teacher_logits: Any, labels: Any,
+                    temperature: float = 1.0) -> Any:
+    """KL(teacher || student) of the next-token distributions, averaged over the
+    positions that carry a label (not -100), scaled by T² as in Hinton et al. Zero when
+    the student equals the teacher."""
+    import torch.nn.functional as F
+
+    mask = (labels != -100).to(student_logits.dtype)
+    student = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    per_token = (teacher.exp() * (teacher - student)).sum(-1)
+    return (per_token * mask).sum() / mask.sum().clamp(min=1) * temperature ** 2
+
+
+def _distilling_trainer(config: TrainConfig, n_train: int, n_replay: int,
+                        teacher: Any | None) -> Any:
+    """A transformers Trainer whose batches mix replay examples in and whose loss adds
+    the KL term on them. `teacher`: a frozen base model for a full fine-tune; None for
+    LoRA, whose base is the model with its adapters switched off."""
+    import contextlib
+
+    import torch
+    import torch.nn.functional as F
+    from transformers import Trainer
+
+    class DistillingTrainer(Trainer):
+        loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides for GA
+
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            if not n_replay:
+                return super()._get_train_sampler(train_dataset)
+            return _MixedSampler(n_train, n_replay, self.args.per_device_train_batch_size,
+                                 config.replay_share, self.args.seed)
+
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            replay = inputs.pop("replay")
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            logits = outputs.logits
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
+                                   ignore_index=-100)
+            if config.kl_weight > 0 and bool(replay.any()):
+                rows = {k: v[replay] for k, v in inputs.items()}
+                unwrapped = self.accelerator.unwrap_model(model)
+                switched_off = (unwrapped.disable_adapter() if teacher is None
+                                else contextlib.nullcontext())
+                with torch.no_grad(), switched_off:
+                    reference = (teacher or unwrapped)(**rows).logits
+                loss = loss + config.kl_weight * distillation_kl(
+                    logits[replay], reference, labels[replay], config.kl_temperature)
+            return (loss, outputs) if return_outputs else loss
+
+    return DistillingTrainer
 
 
 def pick_device(wanted: str) -> str:
@@ -217,7 +344,6 @@ def train(base: Path, examples: Sequence[Example], work: Path, config: TrainConf
     transformers ``TrainerCallback`` objects (progress reporting, early stop)."""
     import torch
     from transformers import (
-        Trainer,
         TrainingArguments,
         WhisperFeatureExtractor,
         WhisperForConditionalGeneration,
@@ -226,10 +352,18 @@ def train(base: Path, examples: Sequence[Example], work: Path, config: TrainConf
 
     if not is_hf_whisper(base):
         raise FinetuneError(f"{base} is not a Hugging Face Whisper directory")
-    if not examples:
+    # the training examples first, then the replayed ones (`mixed_batches` indices)
+    examples = [e for e in examples if not e.replay] + [e for e in examples if e.replay]
+    n_replay = sum(e.replay for e in examples)
+    n_train = len(examples) - n_replay
+    if not n_train:
         raise FinetuneError("no training examples")
     if not 0 < config.merge_scale <= 1:
         raise FinetuneError(f"merge scale {config.merge_scale} is outside (0, 1]")
+    if not 0 <= config.replay_share < 1 or config.kl_weight < 0 \
+            or config.kl_temperature <= 0:
+        raise FinetuneError("replay share must be in [0, 1), KL weight >= 0 and "
+                            "temperature > 0")
     device = pick_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -239,6 +373,10 @@ def train(base: Path, examples: Sequence[Example], work: Path, config: TrainConf
                      model.config.max_target_positions)
     features = WhisperFeatureExtractor(feature_size=model.config.num_mel_bins)
     dataset = _Clips(examples, tokens, features, load_audio)
+    teacher = None
+    if n_replay and config.kl_weight > 0 and config.method != "lora":
+        teacher = WhisperForConditionalGeneration.from_pretrained(base).eval()
+        teacher.requires_grad_(False)
     model = _make_trainable(model, config)
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -275,8 +413,11 @@ def train(base: Path, examples: Sequence[Example], work: Path, config: TrainConf
         remove_unused_columns=False, dataloader_num_workers=0,
         dataloader_pin_memory=device == "cuda", disable_tqdm=not progress,
         label_names=["labels"])
-    trainer = Trainer(model=model, args=args, train_dataset=dataset,
-                      data_collator=_collate(tokens.eot), callbacks=list(callbacks))
+    if teacher is not None:
+        teacher.to(device)
+    trainer_class = _distilling_trainer(config, n_train, n_replay, teacher)
+    trainer = trainer_class(model=model, args=args, train_dataset=dataset,
+                            data_collator=_collate(tokens.eot), callbacks=list(callbacks))
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=last if resume else None)
     wall = time.perf_counter() - t0
@@ -319,6 +460,30 @@ def _merged(model: Any, base: Path, config: TrainConfig) -> Any:
                 if tensor.is_floating_point():
                     tensor.copy_(start[name] + scale * (tensor - start[name]))
     return model
+
+
+def merge_at(base: Path, full: Path, scale: float, out: Path) -> Path:
+    """The weights ``scale`` of the way from ``base`` to the fine-tuned ``full`` (both
+    Hugging Face Whisper directories) written to ``out``: WiSE-FT at any scale after
+    one training, exact for LoRA too since its merge is linear in the scale."""
+    import torch
+    from transformers import WhisperForConditionalGeneration
+
+    if not 0 < scale <= 1:
+        raise FinetuneError(f"merge scale {scale} is outside (0, 1]")
+    start = WhisperForConditionalGeneration.from_pretrained(base).state_dict()
+    model = WhisperForConditionalGeneration.from_pretrained(full)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point():
+                tensor.copy_(start[name] + scale * (tensor - start[name]))
+    if out.exists():
+        shutil.rmtree(out)
+    model.save_pretrained(out)
+    for name in _SIDE_FILES:
+        if (full / name).is_file():
+            shutil.copyfile(full / name, out / name)
+    return out
 
 
 def _make_trainable(model: Any, config: TrainConfig) -> Any:

@@ -147,3 +147,26 @@ def run_eval(entries: list[ManifestEntry],
         errors_n, length_n = char_errors(entry.text, text, numbers=True)
         yield ClipResult(str(entry.audio), entry.text, text, errors, length,
                          round(audio_s, 3), round(seconds, 3), error, errors_n, length_n)
+
+
+def bootstrap_gain(before: Sequence[tuple[int, int]], after: Sequence[tuple[int, int]], *,
+                   rounds: int = 2000, level: float = 0.95,
+                   seed: int = 0) -> tuple[float, float, float]:
+    """(gain, low, high): the CER gain ``before - after`` over paired clips
+    ``(errors, reference characters)``, and its percentile bootstrap interval (clips
+    resampled with replacement, the same clips on both sides). A gain whose interval
+    holds 0 is inside the set's noise."""
+    import numpy as np
+
+    if len(before) != len(after) or not before:
+        raise ValueError("bootstrap_gain needs the same clips, at least one, on both sides")
+    b = np.array([e for e, _ in before], float)
+    a = np.array([e for e, _ in after], float)
+    n = np.array([c for _, c in before], float)
+    gain = float((b.sum() - a.sum()) / max(1.0, n.sum()))
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(b), size=(rounds, len(b)))
+    gains = (b[picks].sum(1) - a[picks].sum(1)) / np.maximum(1.0, n[picks].sum(1))
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(gains, [tail, 100 - tail])
+    return round(gain, 4), round(float(low), 4), round(float(high), 4)

@@ -36,23 +36,39 @@ def candidate(models: Path, spec: str, card: dict[str, Any] | None,
         (path / "card.json").write_text(json.dumps(card), encoding="utf-8")
 
 
+def measured(before: float, after: float, *, regression: tuple[float, float] = (0.10, 0.10),
+             chars: int = 1078, interval: list[float] | None = None) -> dict[str, Any]:
+    """A card's cer table as `minyin finetune` writes it (the parts the gate reads)."""
+    points = round((before - after) * 100, 2)
+    return {"validation": {"before": before, "after": after,
+                           "gain": {"points": points,
+                                    "interval": interval or [points - 1, points + 1]}},
+            "regression": {"before": regression[0], "after": regression[1],
+                           "before_detail": {"ref_chars": chars}}}
+
+
 @pytest.fixture()
 def registry(tmp_path: Path) -> dict[str, Any]:
     models = tmp_path / "models"
     models.mkdir()
     (models / "whisper-base").symlink_to(BUNDLED, target_is_directory=True)
-    cer = {"validation": {"before": 0.30, "after": 0.25}}
+    cer = measured(0.30, 0.25)
     candidate(models, "pujiang/v2", {"name": "pujiang", "version": "v2",
                                      "base": "whisper-base", "cer": cer})
     candidate(models, "pujiang/v3", {"name": "pujiang", "version": "v3",
-                                     "base": "whisper-base",
-                                     "cer": {"validation": {"before": 0.30, "after": 0.27}}})
+                                     "base": "whisper-base", "cer": measured(0.30, 0.27)})
     candidate(models, "worse/v1", {"name": "worse", "version": "v1", "base": "whisper-base",
-                                   "cer": {"validation": {"before": 0.30, "after": 0.35}}})
+                                   "cer": measured(0.30, 0.35, interval=[-6.0, -4.0])})
     candidate(models, "forgetful/v1", {"name": "forgetful", "version": "v1",
                                        "base": "whisper-base",
-                                       "cer": {**cer, "regression": {"before": 0.123,
-                                                                     "after": 0.221}}})
+                                       "cer": measured(0.30, 0.25, regression=(0.123, 0.221))})
+    # the bench's first runs: 6 clips, 122 characters (1 point = 1.2 characters)
+    candidate(models, "small/v1", {"name": "small", "version": "v1", "base": "whisper-base",
+                                   "cer": measured(0.30, 0.25, chars=122)})
+    candidate(models, "slip/v1", {"name": "slip", "version": "v1", "base": "whisper-base",
+                                  "cer": measured(0.30, 0.25, regression=(0.100, 0.108))})
+    candidate(models, "noise/v1", {"name": "noise", "version": "v1", "base": "whisper-base",
+                                   "cer": measured(0.30, 0.29, interval=[-0.4, 2.1])})
     candidate(models, "uncarded/v1", {"name": "uncarded", "version": "v1"})
     candidate(models, "broken/v1", {"name": "broken", "version": "v1", "cer": cer}, broken=True)
     settings = Settings(data_dir=tmp_path / "data", models_dir=models, cpu_threads=2)
@@ -69,6 +85,14 @@ def test_promotion_rules_and_rollback(registry: dict[str, Any]) -> None:
     # better on its own validation split, but it forgot general speech (bench run cpu1)
     with pytest.raises(RegistryError, match=r"regression set worse: CER 12.30% -> 22.10%"):
         promote(store, settings, "forgetful/v1", author="ops")
+    # the stricter gate: 0.8 point worse is too much, 122 characters too few to tell,
+    # and a gain whose interval holds zero is noise
+    with pytest.raises(RegistryError, match=r"10.00% -> 10.80%, more than 0.5 point"):
+        promote(store, settings, "slip/v1", author="ops")
+    with pytest.raises(RegistryError, match="122 reference characters; at least 800"):
+        promote(store, settings, "small/v1", author="ops")
+    with pytest.raises(RegistryError, match=r"inside the set's noise \(95% interval -0.40"):
+        promote(store, settings, "noise/v1", author="ops")
     with pytest.raises(RegistryError, match="no validation CER"):
         promote(store, settings, "uncarded/v1", author="ops")
     with pytest.raises(RegistryError, match="cannot be promoted"):
