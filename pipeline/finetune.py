@@ -267,25 +267,33 @@ def choose_merge_scale(curve: list[dict[str, float]], base: dict[str, float], *,
 
 def pseudo_labels(settings: Settings, base_ct2: Path, items: list[ManifestEntry],
                   say: Callable[[str], None] = log.info) -> list[Example]:
-    """Replay examples: each clip with the base model's own transcript (through the
-    workers' pipeline, no profile) as its target; clips it hears nothing in are left
-    out. Cached like `evaluate`: the base transcribes a replay set once."""
+    """Replay examples: each clip with the base model's own transcript as its target:
+    its greedy decoding as it is trained (no timestamps, no prompt, simplified), the
+    sequence the KL term's teacher would write itself. Clips it hears nothing in are
+    left out. Cached: the base transcribes a replay set once."""
+    from asr.model import ModelRef, load_whisper
+    from asr.normalize import to_simplified
+
     cache = settings.data_dir / "finetune" / "pseudo-labels" / \
         f"{_eval_key(settings, base_ct2, items)}.json"
     if cache.is_file():
         texts = json.loads(cache.read_text(encoding="utf-8"))
     else:
-        pipe = VoicePipeline(settings)
-        pipe.use_model(str(base_ct2))
+        model = load_whisper(ModelRef(str(base_ct2), base_ct2.name, "base"),
+                             device=settings.device, compute_type=settings.compute_type,
+                             cpu_threads=settings.cpu_threads)
         texts = []
         for k, item in enumerate(items, 1):
             try:
-                texts.append(pipe.process(item.audio, name=item.audio.name).transcript.text)
+                audio = decode_audio(item.audio).mono
             except AudioError as e:
                 raise FinetuneError(f"replay clip {item.audio}: {e}") from None
+            segments, _ = model.transcribe(audio, language=settings.language, beam_size=1,
+                                           without_timestamps=True,
+                                           condition_on_previous_text=False)
+            texts.append(to_simplified("".join(s.text for s in segments).strip()))
             if k % 25 == 0:
                 say(f"  pseudo-labels {k}/{len(items)}")
-        forget_model(pipe.model_ref)
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(texts, ensure_ascii=False), encoding="utf-8")
     return [Example(item.audio, text, None, replay=True)
@@ -361,6 +369,8 @@ def run_finetune(data: Path, base: str, out: Path, settings: Settings, config: T
 
     merge: dict[str, Any] = {"scale": config.merge_scale, "chosen_by": "given"}
     chosen_hf = result.merged_dir
+    # the chosen scale's validation measurement: its float16 conversion is the model's
+    measured_at: dict[float, dict[str, Any]] = {}
     if choosing:
         base_row = {"validation": measure(base_model.ct2, "validation", dataset.validation,
                                           "base")["cer"],
@@ -370,9 +380,9 @@ def run_finetune(data: Path, base: str, out: Path, settings: Settings, config: T
             hf = result.merged_dir if scale == 1 else merge_at(
                 base_model.hf, result.merged_dir, scale, work / f"merge-{scale:g}")
             ct2 = convert(hf, work / f"merge-{scale:g}-ct2", "float16")
-            row = {"scale": scale,
-                   "validation": measure(ct2, "validation", dataset.validation,
-                                         f"merged at {scale:g}")["cer"],
+            measured_at[scale] = measure(ct2, "validation", dataset.validation,
+                                         f"merged at {scale:g}")
+            row = {"scale": scale, "validation": measured_at[scale]["cer"],
                    "dev": measure(ct2, "dev", dev_set, f"merged at {scale:g}")["cer"]}
             say(f"merge {scale:g}: validation {row['validation']:.2%}, dev {row['dev']:.2%}")
             curve.append(row)
@@ -397,7 +407,10 @@ def run_finetune(data: Path, base: str, out: Path, settings: Settings, config: T
             continue
         row: dict[str, Any] = {}
         for when, model in (("before", base_model.ct2), ("after", staging)):
-            measured = measure(model, which, items, when)
+            if when == "after" and which == "validation" and merge["scale"] in measured_at:
+                measured = measured_at[merge["scale"]]
+            else:
+                measured = measure(model, which, items, when)
             row[when] = measured["cer"]
             row[f"{when}_detail"] = measured
         row["gain"] = gain(row["before_detail"], row["after_detail"])
