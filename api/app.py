@@ -13,12 +13,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
 
-from api import errors, review
+from api import errors, openapi, review
 from api.auth import RateLimits
 from api.errors import COMMON_ERRORS, error_response
 from api.metrics import StoreCollector
@@ -101,7 +101,8 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
 
     app = FastAPI(title="minyin (民音)", version="1",
                   summary="Citizens' voice complaints to structured tickets",
-                  description=DESCRIPTION, lifespan=lifespan, responses=COMMON_ERRORS)
+                  description=DESCRIPTION, lifespan=lifespan, responses=COMMON_ERRORS,
+                  dependencies=[Depends(errors.single_query_values)])
     errors.install(app)
     app.add_exception_handler(open311.Open311Error, open311.open311_error_response)
 
@@ -124,4 +125,5 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
 
     for module in (health, voice_notes, jobs, messages, tickets, keys, models, open311):
         app.include_router(module.router)
+    openapi.install(app)
     return app

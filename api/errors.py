@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 
 class ErrorDetail(BaseModel):
@@ -62,6 +63,33 @@ COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def single_query_values(request: Request) -> None:
+    """No query parameter here is a list, and FastAPI would silently keep the last of a
+    repeated one (``?category=a&category=b``): say so instead, naming it. Open311's
+    routes read their parameters themselves and answer in the spec's shape."""
+    if request.url.path.startswith("/open311/"):
+        return
+    seen: set[str] = set()
+    for name, _ in request.query_params.multi_items():
+        if name in seen:
+            raise ApiError(422, "invalid_request", f"query.{name}: given more than once",
+                           details=[{"field": f"query.{name}",
+                                     "problem": "given more than once"}])
+        seen.add(name)
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route of this path takes: Starlette's 405 names only the first
+    route that matched the path, and a path's methods are often in several routes. Each
+    method is tried against the routes (FastAPI nests included routers)."""
+    methods = []
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            methods.append(method)
+    return ", ".join(methods)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -69,10 +97,12 @@ def install(app: FastAPI) -> None:
                               headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _STATUS_CODES.get(exc.status_code, "error")
-        return error_response(exc.status_code, code, str(exc.detail),
-                              headers=getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": allowed_methods(request)}
+        return error_response(exc.status_code, code, str(exc.detail), headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

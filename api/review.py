@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import (
     CSRF_HEADER,
@@ -32,6 +32,7 @@ from api.auth import (
 from api.errors import ApiError, ErrorBody, require_time_zones
 from pipeline import store_clusters as sc
 from pipeline.config import Settings
+from pipeline.fields import DB_INT_MAX, IsoDateTime
 from pipeline.review import ReviewError, TicketEdit, apply_edit, char_diff
 from pipeline.store import (
     TICKET_STATUSES,
@@ -60,11 +61,20 @@ FIELD_LABELS = {"kind": "类型", "category": "分类", "urgency": "紧急程度
 # --------------------------------------------------------------------------- schemas
 
 
-class SignIn(BaseModel):
-    username: str | None = Field(None, min_length=1, max_length=64)
-    password: str | None = Field(None, min_length=1, max_length=1024)
-    api_key: str | None = Field(None, max_length=200, description="a staff or admin key, "
-                                                                   "instead of a password")
+class SignInPassword(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class SignInKey(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    api_key: str = Field(min_length=1, max_length=200,
+                         description="a staff or admin key, instead of a password")
+
+
+# one or the other, as the document says (anyOf): a body with both, or neither, is a 422
+SignIn = SignInPassword | SignInKey
 
 
 class SessionUser(BaseModel):
@@ -249,7 +259,7 @@ def _set_session_cookie(request: Request, response: Response, token: str,
 
 
 @router.post("/v1/session", tags=["review"], response_model=SessionOut,
-             responses={400: {"model": ErrorBody}, 401: {"model": ErrorBody},
+             responses={401: {"model": ErrorBody},
                         403: {"model": ErrorBody}, 429: {"model": ErrorBody}},
              summary="Sign in to the review page (sets the session cookie)")
 def sign_in(request: Request, body: SignIn) -> JSONResponse:
@@ -258,15 +268,9 @@ def sign_in(request: Request, body: SignIn) -> JSONResponse:
     store, settings = _store(request), _settings(request)
     limits = request.app.state.rate_limits
     client = request.client.host if request.client else "unknown"
-    by_password = body.username is not None or body.password is not None
-    if by_password == (body.api_key is not None):
-        raise ApiError(400, "bad_request", "sign in with username and password, "
-                       "or with api_key")
     limits.check(limits.logins, "login-address", client)
     ttl = timedelta(hours=settings.session_hours)
-    if by_password:
-        if not body.username or not body.password:
-            raise ApiError(400, "bad_request", "give both username and password")
+    if isinstance(body, SignInPassword):
         limits.check(limits.logins, "login-user", body.username.lower())
         user = store.get_staff_user(body.username)
         ok = verify_password(user.password_hash if user else None, body.password)
@@ -278,7 +282,7 @@ def sign_in(request: Request, body: SignIn) -> JSONResponse:
                           role=user.role, kind="user",  # type: ignore[arg-type]
                           dialects=list(user.dialects or []))
     else:
-        key = store.verify_api_key((body.api_key or "").strip())
+        key = store.verify_api_key(body.api_key.strip())
         if key is None:
             raise ApiError(401, "bad_credentials", "unknown or revoked API key")
         if key.role not in ("staff", "admin"):
@@ -294,14 +298,16 @@ def sign_in(request: Request, body: SignIn) -> JSONResponse:
 
 
 @router.get("/v1/session", tags=["review"], response_model=SessionOut,
-            responses={401: {"model": ErrorBody}},
+            responses={401: {"model": ErrorBody},
+                       404: {"model": ErrorBody, "description": "no_session: the call "
+                             "came with an API key, not a session cookie"}},
             summary="Who is signed in with this cookie, and the CSRF token")
 def current_session(request: Request,
                     caller: Annotated[Caller, Depends(staff)]) -> SessionOut:
     session = getattr(request.state, "session", None)
     if session is None:
-        raise ApiError(400, "bad_request", "this call authenticated with an API key, "
-                       "not a session cookie")
+        raise ApiError(404, "no_session", "no session: this call authenticated with an "
+                       "API key, not a session cookie")
     return SessionOut(
         user=SessionUser(name=caller.name, display_name=caller.display_name or caller.name,
                          role=caller.role, kind="user" if caller.user else "key",  # type: ignore[arg-type]
@@ -345,10 +351,10 @@ def review_queue(
     category: Annotated[str | None, Query(max_length=64, description="code or prefix")] = None,
     urgency: Literal["normal", "urgent"] | None = None,
     source: Literal["voice_note", "hotline", "message"] | None = None,
-    created_from: datetime | None = None,
-    created_to: datetime | None = None,
+    created_from: IsoDateTime | None = None,
+    created_to: IsoDateTime | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 25,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=DB_INT_MAX)] = 0,
     dialect: Annotated[DialectFilter | None, Query(
         description="only tickets in this variety (one stored without it is mandarin), "
                     "or `unreadable`: those whose machine text cannot be read")] = None,

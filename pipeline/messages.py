@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import (
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -31,6 +30,7 @@ from pydantic import (
 )
 
 from asr.types import Segment, Transcript
+from pipeline.fields import AwareIsoDateTime, Number
 from pipeline.ticket_schema import Ticket
 from pipeline.tickets.build import TicketContext, build_ticket
 from pipeline.tickets.repeats import caller_key
@@ -50,7 +50,13 @@ class TypedMessage(BaseModel):
     """One typed complaint as a platform sends it. Empty text, a too long text, or a
     lone or out-of-range coordinate is a validation error naming the field."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, json_schema_extra={
+        # lat and lon come together (the check below), said so in the schema as well
+        "anyOf": [{"required": ["lat", "lon"],
+                   "properties": {"lat": {"type": "number", "minimum": -90, "maximum": 90},
+                                  "lon": {"type": "number", "minimum": -180,
+                                          "maximum": 180}}},
+                  {"properties": {"lat": {"type": "null"}, "lon": {"type": "null"}}}]})
 
     title: str = Field("", max_length=MAX_TITLE_CHARS, description="the message's subject")
     text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS,
@@ -58,13 +64,13 @@ class TypedMessage(BaseModel):
     phone: str | None = Field(None, max_length=32, repr=False,
                               description="call-back number (stored, masked when shown)")
     address: str | None = Field(None, max_length=500, description="the typed address")
-    lat: float | None = Field(None, ge=-90, le=90)
+    lat: Number | None = Field(None, ge=-90, le=90)
     # checked with lat (validate_default: a lone lat is an error located at lon)
-    lon: float | None = Field(None, ge=-180, le=180, validate_default=True)
+    lon: Number | None = Field(None, ge=-180, le=180, validate_default=True)
     client_ref: str | None = Field(
         None, max_length=128,
         description="the platform's own id: sending it again returns the first ticket")
-    submitted_at: AwareDatetime | None = Field(None, description="when the citizen sent it")
+    submitted_at: AwareIsoDateTime | None = Field(None, description="when the citizen sent it")
     user: str | None = Field(None, max_length=200,
                              description="the platform's account id of the sender")
 
@@ -158,8 +164,14 @@ def read_message_lines(path: str | Path) -> Iterator[MessageLine]:
     """Every non-blank line of a typed-message JSONL file, in order; a bad line comes
     with its error (FILE:LINE and the field) instead of stopping the rest."""
     name = str(path)
-    with open(path, encoding="utf-8") as fh:
-        for number, text in enumerate(fh, 1):
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            try:  # a line that is not UTF-8 is that line's error, not the file's end
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                yield MessageLine(name, number, None, None,
+                                  f"not UTF-8 text (byte {e.start} of the line)")
+                continue
             if not text.strip():
                 continue
             try:

@@ -31,6 +31,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.fields import DB_INT_MAX
 from pipeline.store import Change
 from pipeline.ticket_schema import Category, Kind, Ticket, Urgency, UrgencyLevel, Variety
 from pipeline.tickets import TicketRules, load_rules, mask_pii
@@ -58,7 +59,8 @@ class _Edit(BaseModel):
 
 
 class SegmentEdit(_Edit):
-    index: int = Field(ge=0, description="the segment's position in transcript.segments")
+    index: int = Field(ge=0, le=DB_INT_MAX,
+                       description="the segment's position in transcript.segments")
     text: str | None = Field(None, description="the corrected text (not empty)")
     discard: bool = Field(False, description="true: not speech (noise, a hallucination); "
                                              "its text becomes empty")
@@ -86,8 +88,9 @@ class FieldEdits(_Edit):
 
 
 class TicketEdit(_Edit):
-    revision: int = Field(ge=1, description="the revision the reviewer started from; "
-                                            "another revision answers 409")
+    revision: int = Field(ge=1, le=DB_INT_MAX,
+                          description="the revision the reviewer started from; another "
+                                      "revision answers 409")
     segments: list[SegmentEdit] = Field(default_factory=list, max_length=2000)
     fields: FieldEdits = Field(default_factory=FieldEdits)
     comment: str | None = Field(None, max_length=500, description="a note for the history")

@@ -110,8 +110,9 @@ def test_sign_in_sets_a_strict_httponly_cookie(env: dict[str, Any]) -> None:
     ({"username": "alice", "password": "wrong password!"}, 401, "bad_credentials"),
     ({"username": "nobody", "password": PASSWORD}, 401, "bad_credentials"),
     ({"username": "carol", "password": PASSWORD}, 401, "bad_credentials"),  # disabled
-    ({"username": "alice"}, 400, "bad_request"),
-    ({}, 400, "bad_request"),
+    ({"username": "alice"}, 422, "invalid_request"),
+    ({}, 422, "invalid_request"),
+    ({"username": "alice", "password": PASSWORD, "api_key": "mny_x"}, 422, "invalid_request"),
     ({"api_key": "mny_not-a-key"}, 401, "bad_credentials"),
 ])
 def test_sign_in_refusals(env: dict[str, Any], body: dict[str, str], status: int,

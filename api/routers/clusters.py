@@ -14,6 +14,7 @@ from api.deps import StoreDep
 from api.errors import ApiError, ErrorBody
 from api.review import repeat_error
 from pipeline import store_clusters as sc
+from pipeline.fields import DB_INT_MAX
 
 router = APIRouter(tags=["clusters"])
 _staff = require("staff")
@@ -28,7 +29,7 @@ def list_clusters(
     town: Annotated[str | None, Query(max_length=64)] = None,
     min_size: Annotated[int, Query(ge=1, le=100000)] = 1,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=DB_INT_MAX)] = 0,
 ) -> dict[str, Any]:
     page = sc.list_clusters(store, status=status, category=category, town=town,
                             min_size=min_size, limit=limit, offset=offset)
@@ -68,15 +69,17 @@ class MergeBody(BaseModel):
     model_config = {"extra": "forbid"}
 
     clusters: list[_Id] = Field(min_length=1, max_length=50,
-                                description="the clusters whose members join this one; "
-                                            "they are kept as 'merged'")
+                                json_schema_extra={"uniqueItems": True},
+                                description="the clusters whose members join this one "
+                                            "(not itself); they are kept as 'merged'")
 
 
 class SplitBody(BaseModel):
     model_config = {"extra": "forbid"}
 
     tickets: list[Annotated[str, StringConstraints(min_length=1, max_length=32)]] = Field(
-        min_length=1, max_length=500, description="members to take out of the cluster")
+        min_length=1, max_length=500, json_schema_extra={"uniqueItems": True},
+        description="members to take out of the cluster")
     new_cluster: bool = Field(True, description="whether they form a cluster of their own "
                                                 "when they have enough callers; false: "
                                                 "they stay out of any")
@@ -97,6 +100,8 @@ def merge_clusters(cluster_id: ClusterId, body: MergeBody, store: StoreDep,
     """Their members join this cluster and are pinned there (the pipeline does not move
     them); the merged clusters keep their history with status 'merged'. Answers this
     cluster as GET does."""
+    if sc.get_cluster(store, cluster_id) is None:  # an unknown cluster before the body
+        raise ApiError(404, "not_found", f"no cluster {cluster_id}")
     for n, other in enumerate(body.clusters):
         if other == cluster_id:
             raise ApiError(422, "invalid_request", "a cluster cannot merge with itself",

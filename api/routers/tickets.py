@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -15,6 +14,7 @@ from api.auth import Caller, require
 from api.deps import BlobsDep, SettingsDep, StoreDep, own_ticket, ticket_doc
 from api.errors import ApiError, ErrorBody, require_time_zones
 from pipeline.audio import AudioError, sniff_format, write_playable_wav
+from pipeline.fields import DB_INT_MAX, IsoDateTime
 from pipeline.store import Store
 from pipeline.store_clusters import get_cluster, ticket_repeats
 from pipeline.ticket_schema import Ticket
@@ -65,10 +65,10 @@ def list_tickets(
     urgency: Literal["normal", "urgent"] | None = None,
     needs_review: bool | None = None,
     source: Literal["voice_note", "hotline", "message"] | None = None,
-    created_from: datetime | None = None,
-    created_to: datetime | None = None,
+    created_from: IsoDateTime | None = None,
+    created_to: IsoDateTime | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=DB_INT_MAX)] = 0,
 ) -> dict[str, Any]:
     require_time_zones(created_from=created_from, created_to=created_to)
     page = store.list_tickets(
