@@ -69,20 +69,33 @@ def _pipeline():
     return pipe
 
 
-def expand_inputs(paths: list[Path]) -> list[Path]:
-    """Files as given; a directory contributes the files in it that are audio by content."""
+def expand_inputs(paths: list[Path]) -> tuple[list[Path], list[str]]:
+    """Files as given; a directory contributes the files in it that are audio by content.
+    Also what was given and holds nothing to transcribe, each named."""
     from pipeline.audio import sniff_format
 
     out: list[Path] = []
+    problems: list[str] = []
     for path in paths:
         if path.is_dir():
-            for child in sorted(p for p in path.rglob("*") if p.is_file()):
-                with child.open("rb") as fh:
-                    if sniff_format(fh.read(4096)):
-                        out.append(child)
-        else:
+            found = 0
+            checked = sorted(p for p in path.rglob("*") if p.is_file())
+            for child in checked:
+                try:
+                    with child.open("rb") as fh:
+                        audio = bool(sniff_format(fh.read(4096)))
+                except OSError:
+                    audio = False
+                if audio:
+                    out.append(child)
+                    found += 1
+            if not found:
+                problems.append(f"{path}: no audio files in this directory ("
+                                + (f"{len(checked)} files, none audio by content)"
+                                   if checked else "it is empty)"))
+        else:  # a missing or unreadable file fails on its own line, named, like bad audio
             out.append(path)
-    return out
+    return out, problems
 
 
 @app.command()
@@ -102,9 +115,11 @@ def transcribe(
 
     if text and srt_out:
         _fail("choose one of --text and --srt")
-    files = expand_inputs(files)
+    files, problems = expand_inputs(files)
     if not files:
-        _fail("no audio files found")
+        _fail("; ".join(problems) or "no audio files given")
+    for problem in problems:  # the rest still go on
+        err.print(f"warning: {problem}", markup=False, highlight=False)
     pipe = _pipeline()
     try:
         pipe.profile(dialect)

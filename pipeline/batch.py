@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import srt
 
 from pipeline.process import ROLE_LABELS, speaker_lines
+from pipeline.textfiles import read_text_lines
 from pipeline.ticket_schema import Ticket
 
 AUDIO_SUFFIXES = {".wav", ".mp3", ".amr", ".m4a", ".aac", ".ogg", ".opus", ".flac", ".3gp",
@@ -110,18 +111,29 @@ def read_source(source: Path, pattern: str | None = None) -> list[CallItem]:
             p.relative_to(source).with_suffix("").as_posix().replace("/", "__")))
                  for p in files]
     elif source.is_file() and source.suffix.lower() in (".csv", ".jsonl"):
-        text = source.read_text(encoding="utf-8-sig")
+        lines = read_text_lines(source, SourceError)
+        entries: list[tuple[str, Any]] = []
         if source.suffix.lower() == ".csv":
-            rows = list(csv.DictReader(io.StringIO(text)))
-            entries = [(f"{source.name}:{i + 2}", row) for i, row in enumerate(rows)]
+            reader = csv.DictReader(io.StringIO("\n".join(lines)), strict=True)
+            try:
+                if not reader.fieldnames or not {"path", "audio"} & {
+                        (f or "").strip().lower() for f in reader.fieldnames}:
+                    raise SourceError(f"{source}:1: the header names no 'path' column "
+                                      f"({', '.join(reader.fieldnames or []) or 'empty'})")
+                entries = [(f"{source}:{reader.line_num}", row) for row in reader]
+            except csv.Error as e:
+                raise SourceError(f"{source}:{reader.line_num + 1}: not CSV ({e})") from None
         else:
-            entries = []
-            for i, line in enumerate(text.splitlines(), 1):
+            for i, line in enumerate(lines, 1):
                 if line.strip():
                     try:
-                        entries.append((f"{source.name}:{i}", json.loads(line)))
+                        entries.append((f"{source}:{i}", json.loads(line)))
                     except json.JSONDecodeError as e:
-                        raise SourceError(f"{source.name}:{i}: not JSON ({e.msg})") from None
+                        raise SourceError(f"{source}:{i}: not JSON ({e.msg})") from None
+        for where, entry in entries:
+            if not isinstance(entry, dict):
+                raise SourceError(f"{where}: expected a JSON object with 'path', not "
+                                  f"{type(entry).__name__}")
         items = [_item({k.strip().lower(): v for k, v in e.items() if k}, source.parent, w)
                  for w, e in entries]
         if pattern:

@@ -31,6 +31,7 @@ from asr.dialect import (
     normalise_variety,
 )
 from pipeline.config import Settings
+from pipeline.textfiles import read_text_lines
 
 if TYPE_CHECKING:
     from pipeline.process import Pipeline
@@ -100,13 +101,16 @@ def read_manifests(source: Path) -> list[Labelled]:
         raise DetectorError(f"{source}: no manifest.jsonl (lines with audio and lang)")
     out = []
     for file in files:
-        for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(read_text_lines(file, DetectorError), 1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except ValueError as e:
                 raise DetectorError(f"{file}:{n}: not JSON ({e})") from None
+            if not isinstance(row, dict):
+                raise DetectorError(f"{file}:{n}: expected a JSON object with audio and "
+                                    f"lang, not {type(row).__name__}")
             if not row.get("audio") or not (row.get("lang") or row.get("variety_code")):
                 raise DetectorError(f"{file}:{n}: a line needs 'audio' and 'lang'")
             audio = (file.parent / row["audio"]).resolve()

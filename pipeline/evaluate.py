@@ -11,6 +11,7 @@ from pathlib import Path
 from rapidfuzz.distance import Levenshtein
 
 from asr.normalize import canonical_numbers, scoring_form
+from pipeline.textfiles import read_text_lines
 
 
 def char_errors(reference: str, hypothesis: str, *,
@@ -57,20 +58,26 @@ class ManifestError(ValueError):
 
 
 def load_manifest(path: Path) -> list[ManifestEntry]:
-    """JSONL lines ``{"audio": path, "text": reference}``; paths relative to the manifest."""
+    """JSONL lines ``{"audio": path, "text": reference}``; paths relative to the manifest.
+    A refusal names the file, the line and the field."""
     if not path.is_file():
         raise ManifestError(f"{path}: no such manifest")
     entries = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(read_text_lines(path, ManifestError), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            audio, text = row.pop("audio"), row.pop("text")
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ManifestError(
-                f"{path}:{number}: expected a JSON object with 'audio' and 'text' ({exc})"
-            ) from exc
+        except ValueError as exc:
+            raise ManifestError(f"{path}:{number}: not JSON ({exc})") from None
+        if not isinstance(row, dict):
+            raise ManifestError(f"{path}:{number}: expected a JSON object with 'audio' and "
+                                f"'text', not {type(row).__name__}")
+        for field in ("audio", "text"):
+            if not isinstance(row.get(field), str) or not row[field].strip():
+                raise ManifestError(f"{path}:{number}: expected a JSON object with 'audio' "
+                                    f"and 'text': no '{field}'")
+        audio, text = row.pop("audio"), row.pop("text")
         entries.append(ManifestEntry((path.parent / audio).resolve(), str(text), row))
     return entries
 
