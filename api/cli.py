@@ -78,18 +78,16 @@ def expand_inputs(paths: list[Path]) -> tuple[list[Path], list[str]]:
     problems: list[str] = []
     for path in paths:
         if path.is_dir():
-            found = 0
+            before = len(out)
             checked = sorted(p for p in path.rglob("*") if p.is_file())
             for child in checked:
                 try:
                     with child.open("rb") as fh:
-                        audio = bool(sniff_format(fh.read(4096)))
-                except OSError:
-                    audio = False
-                if audio:
-                    out.append(child)
-                    found += 1
-            if not found:
+                        if sniff_format(fh.read(4096)):
+                            out.append(child)
+                except OSError:  # unreadable: not audio we can take
+                    continue
+            if len(out) == before:
                 problems.append(f"{path}: no audio files in this directory ("
                                 + (f"{len(checked)} files, none audio by content)"
                                    if checked else "it is empty)"))

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 
 from api.routers.open311 import PREFIX as OPEN311
 
@@ -49,17 +48,15 @@ def complete(document: dict[str, Any]) -> dict[str, Any]:
                     response["content"] = _OPEN311_ERROR if open311 else _ERROR
                 elif open311 and code[0] == "2":
                     response["content"] = _OPEN311_OK
-    document.setdefault("components", {}).setdefault("schemas", {})
     return document
 
 
 def install(app: FastAPI) -> None:
+    build = app.openapi  # FastAPI's own, which caches its document in app.openapi_schema
+
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = complete(get_openapi(
-                title=app.title, version=app.version, openapi_version=app.openapi_version,
-                summary=app.summary, description=app.description, routes=app.routes,
-                tags=app.openapi_tags, servers=app.servers))
-        return app.openapi_schema
+            complete(build())
+        return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -9,9 +9,11 @@ from pathlib import Path
 def read_text_lines(path: Path, error: type[Exception]) -> list[str]:
     """A text file's lines, or `error` naming the file (unreadable, not UTF-8)."""
     try:
-        return path.read_bytes().decode("utf-8-sig").splitlines()
-    except UnicodeDecodeError as e:
-        line = path.read_bytes()[:e.start].count(b"\n") + 1
-        raise error(f"{path}:{line}: not UTF-8 text (byte {e.start})") from None
+        data = path.read_bytes()
     except OSError as e:
         raise error(f"{path}: cannot be read ({e.strerror or e})") from None
+    try:
+        return data.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise error(f"{path}:{line}: not UTF-8 text (byte {e.start})") from None
