@@ -191,11 +191,12 @@ class Deployment:
         self.env = env
         self.threads = threads
         self.submitter_key = self.staff_key = ""
+        self.redis_port = 0
 
     def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
         log = self.tmp / f"{name}.log"
         self.logs[name] = log
-        with log.open("wb") as fh:
+        with log.open("ab") as fh:  # a restarted process (bench/chaos.py) appends
             proc = subprocess.Popen(cmd, env=self.env, cwd=ROOT, stdout=fh,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True)
@@ -214,12 +215,10 @@ class Deployment:
     def start(self, ready_timeout_s: float) -> None:
         (self.tmp / "data").mkdir()
         if self.mode == "distributed":
-            redis_port = free_port()
-            self._spawn("redis", ["redis-server", "--port", str(redis_port), "--bind", HOST,
-                                  "--save", "", "--appendonly", "no", "--dir", str(self.tmp)])
-            self.env["MINYIN_REDIS_URL"] = f"redis://{HOST}:{redis_port}/0"
+            self.redis_port = free_port()
+            self.start_redis()
+            self.env["MINYIN_REDIS_URL"] = f"redis://{HOST}:{self.redis_port}/0"
             self.env["MINYIN_REDIS_PREFIX"] = "load"
-            self._wait_port(redis_port, 20.0, "redis")
         self.submitter_key = self._key("submitter")
         self.staff_key = self._key("staff")
         minyin = _minyin()
@@ -227,6 +226,17 @@ class Deployment:
         if self.mode == "distributed":
             self._spawn("worker", [minyin, "worker", "--concurrency", str(self.workers)])
         self._wait_ready(ready_timeout_s)
+
+    def redis_args(self) -> list[str]:
+        """No persistence: a load run needs none (bench/chaos.py keeps an AOF)."""
+        return ["--save", "", "--appendonly", "no"]
+
+    def start_redis(self) -> subprocess.Popen:
+        proc = self._spawn("redis", ["redis-server", "--port", str(self.redis_port),
+                                     "--bind", HOST, "--dir", str(self.tmp),
+                                     *self.redis_args()])
+        self._wait_port(self.redis_port, 20.0, "redis")
+        return proc
 
     def _check_alive(self) -> None:
         for name, proc in self.procs:
