@@ -4,14 +4,14 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench browser finetune
+.PHONY: setup demo test lint bench browser finetune lock audit
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
 setup: $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -c requirements.lock -e ".[dev]"
 	$(BIN)/minyin models setup
 	$(BIN)/minyin lm fit lm/default samples/manifest.jsonl --unless-fitted
 
@@ -31,14 +31,27 @@ browser:
 
 # The finetune extra (torch's CPU build first: an unpinned torch would be a CUDA one).
 finetune: setup
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev,finetune]"
+	$(BIN)/pip install --quiet -c requirements.lock torch==2.13.0
+	$(BIN)/pip install --quiet -c requirements.lock -e ".[dev,finetune]"
 
 test: setup browser finetune
 	$(BIN)/pytest
 
 lint:
 	$(BIN)/ruff check .
+
+# The lock: every package of the venv (after `make setup finetune`), the project excluded.
+lock:
+	{ sed -n '/^#/p' requirements.lock; $(BIN)/pip freeze --exclude-editable; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+# pip-audit over requirements.lock, from its own venv (it does not touch .venv), with the
+# findings audit-accepted.toml accepts; scripts/audit.py says how to read the result.
+AUDIT_BIN := .audit-venv/bin
+audit:
+	@test -x $(AUDIT_BIN)/pip-audit || { $(PY) -m venv .audit-venv && \
+	  $(AUDIT_BIN)/pip install --quiet "pip-audit>=2.10,<3"; }
+	$(AUDIT_BIN)/python scripts/audit.py --pip-audit $(AUDIT_BIN)/pip-audit $(AUDIT_ARGS)
 
 bench:
 	$(BIN)/python bench/compare.py
