@@ -26,7 +26,7 @@ SR = 16000
 VOICES = ["01_streetlight_heping_road.amr", "02_gas_smell_stairwell.m4a",
           "03_fire_exit_ebikes.mp3", "05_garbage_not_collected.wav",
           "09_medical_insurance_question.mp3", "11_square_dance_noise.amr"]
-CALLS = 22
+CALLS = 12  # all three kinds: stereo mu-law, mono A-law (7), mono MP3 (3, 11)
 BROKEN = {"broken_header.wav": b"RIFF\x10\x00\x00\x00WAVEfmt " + b"\x01" * 30,
           "not_audio.wav": "通话记录导出失败\n".encode() * 40,
           "empty.mp3": b""}
@@ -38,7 +38,7 @@ def _speech() -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def night(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """22 calls in two folders, plus three broken files."""
+    """12 calls in two folders, plus three broken files."""
     root = tmp_path_factory.mktemp("night")
     speech = _speech()
     for i in range(CALLS):
