@@ -30,6 +30,19 @@ from tests.service import MINYIN  # noqa: E402
 from tests.whisper_factory import tiny_whisper  # noqa: E402
 
 
+@pytest.fixture
+def one_retry_temperature(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The random tiny model loops on every window, so the guard's retry runs Whisper's
+    whole temperature fallback (four temperatures, up to 448 tokens each) on each one:
+    the fine-tuning tests need the path, not four turns of it."""
+    import functools
+
+    from asr.transcriber import TranscribeOptions
+
+    monkeypatch.setattr(TranscribeOptions, "__init__", functools.partialmethod(
+        TranscribeOptions.__init__, retry_temperatures=(0.2,)))
+
+
 def make_dataset(root: Path, *, train: int = 4, validation: int = 2) -> Path:
     """Real sample speech cut at its reference segments, in the corrections layout."""
     rows: list[dict] = []
@@ -74,7 +87,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_two_steps_end_to_end_into_a_registered_loadable_model(
-        tmp_path: Path, tiny_ct2: Path, dataset: Path) -> None:
+        tmp_path: Path, tiny_ct2: Path, dataset: Path, one_retry_temperature: None) -> None:
     models = tmp_path / "models"
     shutil.copytree(tiny_ct2, models / "tiny-base")
     settings = Settings(models_dir=models, data_dir=tmp_path / "var", model="tiny-base",
@@ -361,7 +374,7 @@ def test_gains_come_with_a_bootstrap_interval() -> None:
 
 
 def test_replay_and_distillation_end_to_end_with_the_merge_chosen(
-        tmp_path: Path, tiny_ct2: Path, dataset: Path) -> None:
+        tmp_path: Path, tiny_ct2: Path, dataset: Path, one_retry_temperature: None) -> None:
     """The tiny model: replay clips pseudo-labelled by the base, batches mixed, the KL
     term on, the merge scale measured at two scales on a dev set and chosen; the card
     records it all."""
